@@ -1,0 +1,20 @@
+"""User-facing errors: the CLI prints these as one line and exits non-zero."""
+
+
+class CrossSiteError(Exception):
+    """A problem with the user's input (data, checkpoint, flags), not a bug.
+
+    The message must name the file or setting at fault and say what is wrong.
+    """
+
+
+class DataError(CrossSiteError):
+    """An image, folder, split file or metadata file that cannot be used."""
+
+
+class CheckpointError(CrossSiteError):
+    """A file that is not a crosssite checkpoint, or one of the wrong kind."""
+
+
+class DivergedError(CrossSiteError):
+    """Training produced a non-finite loss."""
