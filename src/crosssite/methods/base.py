@@ -1,0 +1,69 @@
+"""What every training method shares: its network(s), one Adam optimiser and a guarded update step.
+
+A method is a small `nn.Module` in the style of DomainBed's algorithms:
+`update(minibatches)` takes one (images, labels) pair per site, in site order,
+and takes one optimiser step; `predict(x, site)` returns logits for images of
+one site. Everything else (data, schedules, checkpoints) lives in the trainer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..errors import CrossSiteError, DivergedError
+from ..models import create_model
+
+Minibatches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Method(nn.Module):
+    """Base class; subclasses build their networks in `__init__` and call `_finish_init()`."""
+
+    name: str = ""
+    #: backbones the method can be built on; the first is its default
+    backbones: tuple[str, ...] = ("covidnet-redesign",)
+
+    def __init__(self, num_sites: int, config: TrainConfig):
+        super().__init__()
+        if config.backbone not in self.backbones:
+            raise CrossSiteError(
+                f"method {self.name!r} runs on backbone(s) {', '.join(self.backbones)}, not {config.backbone!r}"
+            )
+        self.num_sites = num_sites
+        self.config = config
+
+    def make_backbone(self, projection: bool = False) -> nn.Module:
+        """A fresh backbone as configured; `projection` keeps the contrastive projection head."""
+        c = self.config
+        return create_model(
+            c.backbone, width=c.width, image_size=c.image_size, pepx_relu=c.pepx_relu, projection=projection
+        )
+
+    def _finish_init(self) -> None:
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter groups whose gradient norm is clipped together (one per independent network)."""
+        return [list(self.parameters())]
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward, clip, Adam step; refuse a non-finite loss before it reaches the weights."""
+        if not torch.isfinite(loss):
+            raise DivergedError(f"loss became {loss.item()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in self.clip_groups():
+            torch.nn.utils.clip_grad_norm_(group, self.config.grad_clip)
+        self.optimizer.step()
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor, site: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_site(self, site: int) -> None:
+        if not 0 <= site < self.num_sites:
+            raise IndexError(f"site index {site} out of range 0..{self.num_sites - 1}")

@@ -1,0 +1,30 @@
+"""The paper's method: SepNorm plus a supervised NT-Xent loss across sites (Wang, Liu & Dou 2020, eq. 3-5)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..losses import supervised_nt_xent
+from ..models.site_bn import use_site
+from .base import Minibatches
+from .registry import register
+from .sepnorm import SepNorm
+
+
+@register("contrastive")
+class Contrastive(SepNorm):
+    projection = True
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        embeddings, logits = self.site_forward(minibatches)
+        projections = []
+        for site, emb in enumerate(embeddings):
+            with use_site(self.net, site):  # the projection head's batch norms are site-specific too
+                projections.append(self.net.project(emb))
+        labels = torch.cat([y for _, y in minibatches])
+        ce = F.cross_entropy(torch.cat(logits), labels)
+        contrast = supervised_nt_xent(torch.cat(projections), labels, self.config.temperature)
+        loss = ce + self.config.alpha * contrast
+        self.step(loss)
+        return {"loss": loss.item(), "ce": ce.item(), "contrastive": contrast.item()}

@@ -1,0 +1,30 @@
+"""Joint baseline: one network and one set of batch norms for all sites, batches pooled."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Method, Minibatches
+from .registry import register
+
+
+@register("joint")
+class Joint(Method):
+    backbones = ("covidnet-redesign", "covidnet")
+
+    def __init__(self, num_sites, config):
+        super().__init__(num_sites, config)
+        self.net = self.make_backbone()
+        self._finish_init()
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        x = torch.cat([x for x, _ in minibatches])
+        y = torch.cat([y for _, y in minibatches])
+        loss = F.cross_entropy(self.net(x), y)
+        self.step(loss)
+        return {"loss": loss.item()}
+
+    def predict(self, x, site):
+        self.check_site(site)
+        return self.net(x)

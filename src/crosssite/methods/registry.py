@@ -1,0 +1,23 @@
+"""The registry of training methods, by the name used on the command line."""
+
+from __future__ import annotations
+
+from ..config import TrainConfig
+from ..errors import CrossSiteError
+
+METHODS: dict[str, type] = {}
+
+
+def register(name: str):
+    def add(cls):
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return add
+
+
+def create_method(name: str, num_sites: int, config: TrainConfig):
+    if name not in METHODS:
+        raise CrossSiteError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name](num_sites, config)

@@ -1,0 +1,33 @@
+"""Single-site baseline: one independent network per site, each trained only on its own site."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Method, Minibatches
+from .registry import register
+
+
+@register("single")
+class Single(Method):
+    backbones = ("covidnet-redesign", "covidnet")
+
+    def __init__(self, num_sites, config):
+        super().__init__(num_sites, config)
+        self.nets = nn.ModuleList(self.make_backbone() for _ in range(num_sites))
+        self._finish_init()
+
+    def clip_groups(self):
+        # each site's network is clipped on its own so the networks stay independent
+        return [list(net.parameters()) for net in self.nets]
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        losses = [F.cross_entropy(net(x), y) for net, (x, y) in zip(self.nets, minibatches)]
+        loss = sum(losses)
+        self.step(loss)
+        return {"loss": loss.item() / len(losses)}
+
+    def predict(self, x, site):
+        self.check_site(site)
+        return self.nets[site](x)

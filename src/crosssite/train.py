@@ -1,0 +1,231 @@
+"""The training loop: joint per-site batches, cosine schedule, checkpoint selection on validation, resume.
+
+Run folder (`config.out`):
+  config.yaml       resolved settings (reload with `crosssite train --config`)
+  split.json        the exact train/val/test images of every site
+  train_log.jsonl   one line per epoch: losses, learning rate, validation metrics
+  last.pt           everything needed to resume, rewritten atomically after every epoch
+  best.pt           weights with the best mean validation AUC over sites (evaluated on test)
+  metrics.json      per-site test metrics of best.pt
+  predictions.csv   one row per test image: site, path, label, P(COVID)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, load_config, save_config
+from .data.images import DecodedCache
+from .data.sampling import epoch_batches
+from .data.sites import Site, load_sites
+from .data.splits import load_splits, make_splits, save_splits
+from .data.transforms import random_crop_flip, to_tensor
+from .errors import CrossSiteError, DivergedError
+from .evaluate import mean_auc, predict_proba, site_metrics
+from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from .methods import create_method
+
+
+@dataclass
+class RunData:
+    """The sites of a run, their split, and the decoded-image cache."""
+
+    sites: dict[str, Site]
+    splits: dict[str, dict[str, list[int]]]
+    cache: DecodedCache
+
+    @property
+    def site_names(self) -> list[str]:
+        return list(self.sites)
+
+    def paths(self, site: str, part: str) -> list[Path]:
+        samples = self.sites[site].samples
+        return [samples[i].path for i in self.splits[site][part]]
+
+    def labels(self, site: str, part: str) -> np.ndarray:
+        return self.sites[site].labels()[self.splits[site][part]]
+
+
+def prepare_data(config: TrainConfig, out: Path, resume: bool) -> RunData:
+    """Read the sites, make (or on resume, reload) the split and decode every image once."""
+    sites = load_sites(Path(config.data) if config.data else None, config.sites)
+    split_file = out / "split.json"
+    if resume and split_file.exists():
+        splits = load_splits(split_file, sites)
+    else:
+        splits = make_splits(sites, config.split, config.fold, config.folds, config.seed)
+        settings = {k: getattr(config, k) for k in ("split", "fold", "folds", "seed")}
+        save_splits(split_file, sites, splits, settings=settings)
+    data = RunData(sites, splits, DecodedCache(config.image_size))
+    for name in sites:
+        data.cache.preload(data.paths(name, "train"), desc=f"decode {name} train", variants=("train",))
+        data.cache.preload(data.paths(name, "val") + data.paths(name, "test"), desc=f"decode {name} val+test", variants=("eval",))
+    return data
+
+
+def evaluate_part(method, data: RunData, part: str, batch_size: int) -> tuple[dict[str, dict], list[dict]]:
+    """Metrics per site on one part of the split, and one prediction row per image."""
+    per_site, rows = {}, []
+    for site_index, name in enumerate(data.site_names):
+        paths = data.paths(name, part)
+        labels = data.labels(name, part)
+        probs = predict_proba(method, data.cache.eval_batch(paths), site_index, batch_size)
+        per_site[name] = site_metrics(labels, probs)
+        rows += [
+            {"site": name, "path": str(p), "label": int(y), "p_covid": float(q)} for p, y, q in zip(paths, labels, probs)
+        ]
+    return per_site, rows
+
+
+def _train_batch(data: RunData, site: str, indices: np.ndarray, image_size: int, rng: np.random.Generator):
+    samples = data.sites[site].samples
+    chosen = [samples[data.splits[site]["train"][i]] for i in indices]
+    images = random_crop_flip([data.cache.train_image(s.path) for s in chosen], image_size, rng)
+    return to_tensor(images), torch.tensor([s.label for s in chosen], dtype=torch.long)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _resume_state(config: TrainConfig, out: Path, method, scheduler) -> tuple[int, float]:
+    """Load last.pt into the method; drop log lines of the epoch that was cut off."""
+    saved = load_config(out / "config.yaml")
+    if saved.to_dict() != config.to_dict():
+        changed = [k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v]
+        raise CrossSiteError(f"{out / 'config.yaml'}: --resume with different settings ({', '.join(changed)})")
+    last = out / "last.pt"
+    if not last.exists():
+        return 0, -math.inf
+    ckpt = load_checkpoint(last, expect_method=config.method)
+    method.load_state_dict(ckpt["model"])
+    method.optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    epoch = int(ckpt["epoch"])
+    log = out / "train_log.jsonl"
+    kept = [r for r in read_jsonl(log) if r["epoch"] <= epoch]
+    atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
+    return epoch, float(ckpt["best_val_auc"])
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train `config.method` on the sites, keep the best validation checkpoint, test it; return metrics.json."""
+    config.validate()
+    out = Path(config.out)
+    if not resume and (out / "last.pt").exists():
+        raise CrossSiteError(f"{out}: holds a run already; pass --resume to continue it or choose another --out")
+    if resume and not (out / "config.yaml").exists():
+        raise CrossSiteError(f"{out}: nothing to resume (no config.yaml)")
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = prepare_data(config, out, resume)
+    _seed_everything(config.seed)
+    method = create_method(config.method, len(data.sites), config)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(method.optimizer, T_max=config.epochs, eta_min=0.0)
+    if resume:
+        start_epoch, best_auc = _resume_state(config, out, method, scheduler)
+    else:
+        save_config(config, out / "config.yaml")
+        start_epoch, best_auc = 0, -math.inf
+
+    names = data.site_names
+    train_sizes = [len(data.splits[n]["train"]) for n in names]
+    for epoch in range(start_epoch, config.epochs):
+        # every random draw of an epoch follows from (seed, epoch): a resumed run repeats it exactly
+        rng = np.random.default_rng([config.seed, epoch])
+        torch.manual_seed(config.seed * 1_000_003 + epoch)
+        started = time.time()
+        lr = method.optimizer.param_groups[0]["lr"]
+        method.train()
+        totals: dict[str, float] = {}
+        batches = epoch_batches(train_sizes, config.batch_per_site, rng)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for step, indices in enumerate(bar):
+            minibatches = [_train_batch(data, n, idx, config.image_size, rng) for n, idx in zip(names, indices)]
+            try:
+                stats = method.update(minibatches)
+            except DivergedError as e:
+                kept = f"last good checkpoint: {out / 'last.pt'}" if (out / "last.pt").exists() else "no checkpoint yet"
+                raise DivergedError(f"{out}: {e} at epoch {epoch + 1}, step {step + 1}; training stopped ({kept})") from None
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}")
+        scheduler.step()
+
+        val, _ = evaluate_part(method, data, "val", config.eval_batch_size)
+        val_auc = mean_auc(val)
+        is_best = not math.isnan(val_auc) and val_auc > best_auc
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            **{k: v / len(batches) for k, v in totals.items()},
+            "val_mean_auc": val_auc,
+            "val": val,
+            "best": is_best,
+            "seconds": round(time.time() - started, 2),
+        }
+        append_jsonl(out / "train_log.jsonl", record)
+        if progress:
+            tqdm.write(
+                f"epoch {epoch + 1}/{config.epochs}  loss {record['loss']:.4f}  val AUC "
+                + "  ".join(f"{n} {val[n]['auc']:.3f}" for n in names)
+                + ("  *best" if is_best else "")
+            )
+        if is_best:
+            best_auc = val_auc
+            save_checkpoint(out / "best.pt", method, config, names, epoch=epoch + 1, val_mean_auc=val_auc)
+        save_checkpoint(
+            out / "last.pt",
+            method,
+            config,
+            names,
+            epoch=epoch + 1,
+            best_val_auc=best_auc,
+            optimizer=method.optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+        )
+
+    if not (out / "best.pt").exists():  # validation AUC undefined every epoch: fall back to the last epoch
+        save_checkpoint(out / "best.pt", method, config, names, epoch=config.epochs, val_mean_auc=float("nan"))
+    return test_best(config, data, out)
+
+
+def test_best(config: TrainConfig, data: RunData, out: Path) -> dict:
+    """Evaluate best.pt on the test part and write metrics.json and predictions.csv."""
+    best = load_checkpoint(out / "best.pt", expect_method=config.method)
+    method = create_method(config.method, len(data.sites), config)
+    method.load_state_dict(best["model"])
+    per_site, rows = evaluate_part(method, data, "test", config.eval_batch_size)
+    metrics = {
+        "method": config.method,
+        "backbone": config.backbone,
+        "split": config.split,
+        "fold": config.fold,
+        "seed": config.seed,
+        "best_epoch": int(best["epoch"]),
+        "val_mean_auc": float(best["val_mean_auc"]),
+        "sites": per_site,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    write_predictions(out / "predictions.csv", rows)
+    return metrics
+
+
+def write_predictions(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["site", "path", "label", "p_covid"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())

@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+
+from crosssite.data.sites import discover_sites, read_sars_cov_2_ct
+from crosssite.data.splits import fold_split, load_splits, make_splits, official_split, save_splits
+from crosssite.errors import CrossSiteError, DataError
+
+
+def _check_folds(site, n_folds=4, tol=0.06):
+    y, groups = site.labels(), site.groups()
+    tests = []
+    for fold in range(n_folds):
+        s = fold_split(site, fold, n_folds, seed=0)
+        parts = [set(s[p]) for p in ("train", "val", "test")]
+        assert sum(map(len, parts)) == len(site) and set().union(*parts) == set(range(len(site)))
+        if groups is not None:
+            g = [set(groups[list(p)]) for p in parts]
+            assert not (g[0] & g[1] or g[0] & g[2] or g[1] & g[2]), f"patient leak in fold {fold}"
+        assert abs(y[s["test"]].mean() - y.mean()) < tol
+        assert 0.1 < len(s["val"]) / (len(s["train"]) + len(s["val"])) < 0.3
+        tests.append(s["test"])
+    all_test = np.concatenate(tests)
+    assert sorted(all_test.tolist()) == list(range(len(site)))
+
+
+def test_folds_on_sample(sample_dir):
+    site = discover_sites(sample_dir)["covid-ct"]
+    for fold in range(4):
+        s = fold_split(site, fold)
+        g = site.groups()
+        assert not set(g[s["test"]]) & set(g[s["train"] + s["val"]])
+
+
+def test_folds_full(shared_data):
+    for site in discover_sites(shared_data).values():
+        _check_folds(site)
+
+
+def test_deterministic(sample_dir):
+    site = read_sars_cov_2_ct(sample_dir / "sars-cov-2-ct")
+    assert fold_split(site, 1, seed=3) == fold_split(site, 1, seed=3)
+    assert fold_split(site, 1, seed=3) != fold_split(site, 1, seed=4)
+
+
+@pytest.mark.parametrize("fold", [-1, 4])
+def test_fold_out_of_range(sample_dir, fold):
+    site = read_sars_cov_2_ct(sample_dir / "sars-cov-2-ct")
+    with pytest.raises(CrossSiteError, match="out of range"):
+        fold_split(site, fold, 4)
+
+
+def test_official(sample_dir):
+    sites = discover_sites(sample_dir)
+    assert len(official_split(sites["covid-ct"])["test"]) == 12
+    with pytest.raises(CrossSiteError, match="sars-cov-2-ct"):
+        official_split(sites["sars-cov-2-ct"])
+    with pytest.raises(CrossSiteError, match="sites with one: covid-ct"):
+        make_splits(sites, "official", 0, 4, 0)
+    with pytest.raises(CrossSiteError, match="unknown split kind"):
+        make_splits(sites, "random", 0, 4, 0)
+
+
+def test_save_load_roundtrip(sample_dir, tmp_path):
+    sites = discover_sites(sample_dir)
+    splits = make_splits(sites, "fold", 2, 4, 0)
+    out = tmp_path / "run" / "splits.json"
+    save_splits(out, sites, splits, settings={"kind": "fold", "fold": 2})
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["fold"] == 2
+    assert doc["sites"]["covid-ct"]["test"][0] == str(sites["covid-ct"].samples[splits["covid-ct"]["test"][0]].path)
+    assert load_splits(out, sites) == splits
+    assert not list(out.parent.glob("*.tmp"))
+
+
+def test_load_unknown_path(sample_dir, tmp_path):
+    sites = discover_sites(sample_dir)
+    out = tmp_path / "splits.json"
+    save_splits(out, sites, make_splits(sites, "fold", 0, 4, 0))
+    doc = json.loads(out.read_text())
+    doc["sites"]["covid-ct"]["val"].append("elsewhere/x.png")
+    out.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="elsewhere/x.png") as e:
+        load_splits(out, sites)
+    assert str(out) in str(e.value)

@@ -1,0 +1,105 @@
+"""The command line as a user meets it: train, evaluate, predict, and one-line errors."""
+
+import json
+
+import pytest
+import yaml
+
+from crosssite.cli import SAMPLE_DATA, main
+
+TINY_FLAGS = ["--image-size", "32", "--width", "0.125", "--batch-per-site", "8", "--lr", "1e-3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "c0"
+    args = ["train", "--method", "contrastive", "--data", str(SAMPLE_DATA), "--fold", "1", "--epochs", "2"]
+    assert main(args + TINY_FLAGS + ["--out", str(out)]) == 0
+    return out
+
+
+def sample_images(n=3):
+    return sorted((SAMPLE_DATA / "covid-ct" / "CT_COVID").iterdir())[:n]
+
+
+def test_train_prints_test_metrics_and_saves_config(run, capsys):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["fold"] == 1 and config["image_size"] == 32 and config["method"] == "contrastive"
+    assert json.loads((run / "metrics.json").read_text())["fold"] == 1
+
+
+def test_evaluate_reproduces_metrics_json(run, capsys):
+    assert main(["evaluate", str(run / "best.pt"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((run / "metrics.json").read_text())
+    for site, m in saved["sites"].items():
+        assert printed["sites"][site] == pytest.approx(m)
+
+
+def test_predict_prints_path_probability_and_label(run, capsys):
+    images = sample_images()
+    assert main(["predict", str(run / "best.pt"), "--site", "covid-ct", *map(str, images)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for line, image in zip(lines, images):
+        path, prob, label = line.split("\t")
+        assert path == str(image)
+        assert 0.0 <= float(prob.removeprefix("P(COVID)=")) <= 1.0
+        assert label in ("COVID", "NonCOVID")
+
+
+def test_predict_json(run, capsys):
+    assert main(["predict", str(run / "best.pt"), "--site", "sars-cov-2-ct", "--json", str(sample_images(1)[0])]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert set(row) == {"path", "p_covid", "label"}
+    assert row["label"] == ("COVID" if row["p_covid"] >= 0.5 else "NonCOVID")
+
+
+def test_config_file_with_flag_override(run, tmp_path):
+    out = tmp_path / "again"
+    assert main(["train", "--config", str(run / "config.yaml"), "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["epochs"] == 1 and config["fold"] == 1 and config["width"] == 0.125
+
+
+def error_of(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("crosssite: error: ") and "\n" not in err
+    return err
+
+
+def test_unknown_site_at_predict(run, capsys):
+    err = error_of(capsys, ["predict", str(run / "best.pt"), "--site", "mars", str(sample_images(1)[0])])
+    assert "unknown site 'mars'" in err and "sars-cov-2-ct" in err
+
+
+def test_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    bogus = tmp_path / "model.pt"
+    bogus.write_text("hello")
+    err = error_of(capsys, ["predict", str(bogus), "--site", "covid-ct", str(sample_images(1)[0])])
+    assert str(bogus) in err and "not a crosssite checkpoint" in err
+
+
+def test_unreadable_image_at_predict(run, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(sample_images(1)[0].read_bytes()[:200])
+    err = error_of(capsys, ["predict", str(run / "best.pt"), "--site", "covid-ct", str(broken)])
+    assert str(broken) in err
+
+
+def test_unknown_setting_in_config_file(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    err = error_of(capsys, ["train", "--config", str(config), "--data", str(SAMPLE_DATA)])
+    assert str(config) in err and "learning_rate" in err
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    err = error_of(capsys, ["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert "nowhere" in err
+
+
+def test_invalid_image_size(tmp_path, capsys):
+    err = error_of(capsys, ["train", "--data", str(SAMPLE_DATA), "--image-size", "100", "--out", str(tmp_path / "o")])
+    assert "image_size" in err

@@ -1,0 +1,112 @@
+"""Training end to end on the shipped sample: outputs, resume after a kill, divergence."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from crosssite import train as train_module
+from crosssite.cli import SAMPLE_DATA
+from crosssite.config import TrainConfig
+from crosssite.errors import CrossSiteError, DivergedError
+from crosssite.io import read_jsonl
+
+TINY = dict(data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3, epochs=2)
+
+
+def tiny_config(tmp_path, name="run", **overrides):
+    return TrainConfig(**{**TINY, "out": str(tmp_path / name), **overrides})
+
+
+@pytest.mark.parametrize("method", ["single", "joint", "sepnorm", "contrastive"])
+def test_train_writes_metrics_of_the_documented_shape(tmp_path, method):
+    config = tiny_config(tmp_path, method=method)
+    metrics = train_module.train(config, progress=False)
+    out = tmp_path / "run"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    assert {"method", "backbone", "fold", "seed", "sites"} <= set(on_disk)
+    assert list(on_disk["sites"]) == ["sars-cov-2-ct", "covid-ct"]
+    for site in on_disk["sites"].values():
+        assert set(site) >= {"accuracy", "f1", "recall", "precision", "auc", "specificity", "n"}
+        assert all(0.0 <= site[k] <= 1.0 for k in site if k != "n")
+        assert site["n"] > 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["method"] == method
+    assert len(read_jsonl(out / "train_log.jsonl")) == 2
+    assert (out / "best.pt").exists() and (out / "last.pt").exists()
+    split = json.loads((out / "split.json").read_text())
+    assert "covid-ct" in json.dumps(split)
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "site,path,label,p_covid"
+    assert len(rows) - 1 == sum(s["n"] for s in on_disk["sites"].values())
+
+
+def final_weights(out):
+    return torch.load(out / "last.pt", weights_only=True)["model"]
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, "whole", method="contrastive", epochs=3)
+    train_module.train(config, progress=False)
+
+    interrupted = tiny_config(tmp_path, "killed", method="contrastive", epochs=3)
+    real_evaluate = train_module.evaluate_part
+    calls = {"n": 0}
+
+    def evaluate_then_die(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # in epoch 2, after its training steps, before its checkpoint
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_part", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(interrupted, progress=False)
+    monkeypatch.setattr(train_module, "evaluate_part", real_evaluate)
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["epoch"] == 1
+
+    train_module.train(interrupted, resume=True, progress=False)
+    whole, resumed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed")
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        torch.testing.assert_close(whole[k], resumed[k], rtol=0, atol=0, msg=k)
+    log = read_jsonl(tmp_path / "killed" / "train_log.jsonl")
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    config = tiny_config(tmp_path, epochs=1, method="joint")
+    train_module.train(config, progress=False)
+    with pytest.raises(CrossSiteError, match="different settings.*method"):
+        train_module.train(config.replace(method="sepnorm"), resume=True, progress=False)
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    config = tiny_config(tmp_path, epochs=1, method="joint")
+    train_module.train(config, progress=False)
+    with pytest.raises(CrossSiteError, match="--resume"):
+        train_module.train(config, progress=False)
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, epochs=3, method="joint")
+    from crosssite.methods import joint
+
+    real_ce, real_evaluate = joint.F.cross_entropy, train_module.evaluate_part
+    epochs_done = []
+
+    def evaluate_and_count(*args, **kwargs):
+        epochs_done.append(1)
+        return real_evaluate(*args, **kwargs)
+
+    def ce_goes_nan_after_epoch_1(*args, **kwargs):
+        loss = real_ce(*args, **kwargs)
+        return loss * float("nan") if epochs_done else loss
+
+    monkeypatch.setattr(train_module, "evaluate_part", evaluate_and_count)
+    monkeypatch.setattr(joint.F, "cross_entropy", ce_goes_nan_after_epoch_1)
+    with pytest.raises(DivergedError, match=r"loss became nan at epoch 2.*last good checkpoint: .*last\.pt"):
+        train_module.train(config, progress=False)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "run" / "metrics.json").exists()
