@@ -57,7 +57,7 @@ class RunData:
         return self.sites[site].labels()[self.splits[site][part]]
 
 
-def prepare_data(config: TrainConfig, out: Path, resume: bool) -> RunData:
+def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = True) -> RunData:
     """Read the sites, make (or on resume, reload) the split and decode every image once."""
     sites = load_sites(Path(config.data) if config.data else None, config.sites)
     split_file = out / "split.json"
@@ -69,8 +69,9 @@ def prepare_data(config: TrainConfig, out: Path, resume: bool) -> RunData:
         save_splits(split_file, sites, splits, settings=settings)
     data = RunData(sites, splits, DecodedCache(config.image_size))
     for name in sites:
-        data.cache.preload(data.paths(name, "train"), desc=f"decode {name} train", variants=("train",))
-        data.cache.preload(data.paths(name, "val") + data.paths(name, "test"), desc=f"decode {name} val+test", variants=("eval",))
+        evaluated = data.paths(name, "val") + data.paths(name, "test")
+        data.cache.preload(data.paths(name, "train"), f"decode {name} train", variants=("train",), progress=progress)
+        data.cache.preload(evaluated, f"decode {name} val+test", variants=("eval",), progress=progress)
     return data
 
 
@@ -130,7 +131,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         raise CrossSiteError(f"{out}: nothing to resume (no config.yaml)")
     out.mkdir(parents=True, exist_ok=True)
 
-    data = prepare_data(config, out, resume)
+    data = prepare_data(config, out, resume, progress)
     _seed_everything(config.seed)
     method = create_method(config.method, len(data.sites), config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(method.optimizer, T_max=config.epochs, eta_min=0.0)

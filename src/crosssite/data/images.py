@@ -75,10 +75,12 @@ class DecodedCache:
     def eval_batch(self, paths) -> np.ndarray:
         return np.stack([self.eval_image(p) for p in paths])
 
-    def preload(self, paths: Iterable, desc: str, variants: tuple[str, ...] = ("train", "eval")) -> None:
+    def preload(
+        self, paths: Iterable, desc: str, variants: tuple[str, ...] = ("train", "eval"), progress: bool = True
+    ) -> None:
         """Decode up front with a progress bar, each file once for all requested variants."""
         want_train, want_eval = "train" in variants, "eval" in variants
-        for p in tqdm(list(paths), desc=desc, unit="img", leave=False):
+        for p in tqdm(list(paths), desc=desc, unit="img", leave=False, disable=not progress):
             train = want_train and str(p) not in self._train
             eval_ = want_eval and str(p) not in self._eval
             if train or eval_:

@@ -1,8 +1,8 @@
 """What every training method shares: its network(s), one Adam optimiser and a guarded update step.
 
 A method is a small `nn.Module` in the style of DomainBed's algorithms:
-`update(minibatches)` takes one (images, labels) pair per site, in site order,
-and takes one optimiser step; `predict(x, site)` returns logits for images of
+`update(minibatches)` takes one (images, labels) pair per site, in site order
+(None for a site without a batch in this step), and takes one optimiser step; `predict(x, site)` returns logits for images of
 one site. Everything else (data, schedules, checkpoints) lives in the trainer.
 """
 
@@ -15,7 +15,13 @@ from ..config import TrainConfig
 from ..errors import CrossSiteError, DivergedError
 from ..models import create_model
 
-Minibatches = list[tuple[torch.Tensor, torch.Tensor]]
+#: one (images, labels) pair per site, in site order; None for a site that has no batch in this step
+Minibatches = list[tuple[torch.Tensor, torch.Tensor] | None]
+
+
+def present(minibatches: Minibatches) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(site index, images, labels) of the sites that have a batch in this step."""
+    return [(site, *batch) for site, batch in enumerate(minibatches) if batch is not None]
 
 
 class Method(nn.Module):

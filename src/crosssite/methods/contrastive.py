@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..losses import supervised_nt_xent
 from ..models.site_bn import use_site
-from .base import Minibatches
+from .base import Minibatches, present
 from .registry import register
 from .sepnorm import SepNorm
 
@@ -17,13 +17,13 @@ class Contrastive(SepNorm):
     projection = True
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
-        embeddings, logits = self.site_forward(minibatches)
+        outputs = self.site_forward(minibatches)
         projections = []
-        for site, emb in enumerate(embeddings):
+        for site, emb, _ in outputs:
             with use_site(self.net, site):  # the projection head's batch norms are site-specific too
                 projections.append(self.net.project(emb))
-        labels = torch.cat([y for _, y in minibatches])
-        ce = F.cross_entropy(torch.cat(logits), labels)
+        labels = torch.cat([y for _, _, y in present(minibatches)])
+        ce = F.cross_entropy(torch.cat([logits for _, _, logits in outputs]), labels)
         contrast = supervised_nt_xent(torch.cat(projections), labels, self.config.temperature)
         loss = ce + self.config.alpha * contrast
         self.step(loss)

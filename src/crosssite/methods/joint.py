@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Method, Minibatches
+from .base import Method, Minibatches, present
 from .registry import register
 
 
@@ -19,8 +19,9 @@ class Joint(Method):
         self._finish_init()
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
-        x = torch.cat([x for x, _ in minibatches])
-        y = torch.cat([y for _, y in minibatches])
+        batches = present(minibatches)
+        x = torch.cat([x for _, x, _ in batches])
+        y = torch.cat([y for _, _, y in batches])
         loss = F.cross_entropy(self.net(x), y)
         self.step(loss)
         return {"loss": loss.item()}

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.site_bn import convert_to_site_bn, use_site
-from .base import Method, Minibatches
+from .base import Method, Minibatches, present
 from .registry import register
 
 
@@ -19,19 +19,18 @@ class SepNorm(Method):
         self.net = convert_to_site_bn(self.make_backbone(projection=self.projection), num_sites)
         self._finish_init()
 
-    def site_forward(self, minibatches: Minibatches) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Embeddings and logits per site, each site through its own batch norms."""
-        embeddings, logits = [], []
-        for site, (x, _) in enumerate(minibatches):
+    def site_forward(self, minibatches: Minibatches) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(site, embeddings, logits) per site present, each site through its own batch norms."""
+        outputs = []
+        for site, x, _ in present(minibatches):
             with use_site(self.net, site):
                 emb = self.net.features(x)
-                embeddings.append(emb)
-                logits.append(self.net.classify(emb))
-        return embeddings, logits
+                outputs.append((site, emb, self.net.classify(emb)))
+        return outputs
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
-        _, logits = self.site_forward(minibatches)
-        loss = F.cross_entropy(torch.cat(logits), torch.cat([y for _, y in minibatches]))
+        logits = [out for _, _, out in self.site_forward(minibatches)]
+        loss = F.cross_entropy(torch.cat(logits), torch.cat([y for _, _, y in present(minibatches)]))
         self.step(loss)
         return {"loss": loss.item()}
 

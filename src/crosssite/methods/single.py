@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, Minibatches
+from .base import Method, Minibatches, present
 from .registry import register
 
 
@@ -23,7 +23,7 @@ class Single(Method):
         return [list(net.parameters()) for net in self.nets]
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
-        losses = [F.cross_entropy(net(x), y) for net, (x, y) in zip(self.nets, minibatches)]
+        losses = [F.cross_entropy(self.nets[site](x), y) for site, x, y in present(minibatches)]
         loss = sum(losses)
         self.step(loss)
         return {"loss": loss.item() / len(losses)}
