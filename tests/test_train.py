@@ -110,3 +110,21 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
         train_module.train(config, progress=False)
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_resume_with_a_checkpoint_of_another_method_is_refused(tmp_path):
+    joint_run = tiny_config(tmp_path, "joint", epochs=1, method="joint")
+    train_module.train(joint_run, progress=False)
+    mine = tiny_config(tmp_path, "mine", epochs=2, method="contrastive")
+    (tmp_path / "mine").mkdir()
+    from crosssite.config import save_config
+
+    save_config(mine, tmp_path / "mine" / "config.yaml")
+    (tmp_path / "mine" / "last.pt").write_bytes((tmp_path / "joint" / "last.pt").read_bytes())
+    with pytest.raises(CrossSiteError, match=r"last\.pt: checkpoint of method 'joint', expected 'contrastive'"):
+        train_module.train(mine, resume=True, progress=False)
+
+
+def test_resume_before_anything_was_saved_starts_afresh(tmp_path):
+    metrics = train_module.train(tiny_config(tmp_path, epochs=1, method="joint"), resume=True, progress=False)
+    assert metrics["best_epoch"] == 1

@@ -101,16 +101,19 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _resume_state(config: TrainConfig, out: Path, method, scheduler) -> tuple[int, float]:
+def _check_same_settings(config: TrainConfig, saved_file: Path) -> None:
+    saved = load_config(saved_file).to_dict()
+    changed = [k for k, v in config.to_dict().items() if saved.get(k) != v]
+    if changed:
+        raise CrossSiteError(f"{saved_file}: --resume with different settings ({', '.join(changed)})")
+
+
+def _resume_state(out: Path, method, scheduler) -> tuple[int, float]:
     """Load last.pt into the method; drop log lines of the epoch that was cut off."""
-    saved = load_config(out / "config.yaml")
-    if saved.to_dict() != config.to_dict():
-        changed = [k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v]
-        raise CrossSiteError(f"{out / 'config.yaml'}: --resume with different settings ({', '.join(changed)})")
     last = out / "last.pt"
     if not last.exists():
         return 0, -math.inf
-    ckpt = load_checkpoint(last, expect_method=config.method)
+    ckpt = load_checkpoint(last, expect_method=method.name)
     method.load_state_dict(ckpt["model"])
     method.optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
@@ -127,19 +130,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     out = Path(config.out)
     if not resume and (out / "last.pt").exists():
         raise CrossSiteError(f"{out}: holds a run already; pass --resume to continue it or choose another --out")
-    if resume and not (out / "config.yaml").exists():
-        raise CrossSiteError(f"{out}: nothing to resume (no config.yaml)")
-    out.mkdir(parents=True, exist_ok=True)
+    resume = resume and (out / "config.yaml").exists()  # killed before anything was saved: start afresh
+    if resume:
+        _check_same_settings(config, out / "config.yaml")
+    else:
+        save_config(config, out / "config.yaml")
 
     data = prepare_data(config, out, resume, progress)
     _seed_everything(config.seed)
     method = create_method(config.method, len(data.sites), config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(method.optimizer, T_max=config.epochs, eta_min=0.0)
-    if resume:
-        start_epoch, best_auc = _resume_state(config, out, method, scheduler)
-    else:
-        save_config(config, out / "config.yaml")
-        start_epoch, best_auc = 0, -math.inf
+    start_epoch, best_auc = _resume_state(out, method, scheduler) if resume else (0, -math.inf)
 
     names = data.site_names
     train_sizes = [len(data.splits[n]["train"]) for n in names]
