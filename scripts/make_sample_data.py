@@ -1,7 +1,7 @@
 """Build src/crosssite/sample_data/: a small real sample of both sites in their original layouts.
 
 Usage: python scripts/make_sample_data.py [--source ../shared/data] [--seed 0]
-Deterministic for a seed. Images are shrunk to a 128 px shorter side so the repository stays small.
+Deterministic for a seed. Images are shrunk to a 96 px shorter side so the repository stays small.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "src" / "crosssite" / "sample_data"
-PER_CLASS = 24
-SHORT_SIDE = 128
+PER_CLASS = 80
+SHORT_SIDE = 96
 # Site B's official-split parts get this many images per class in the sample.
-PART_QUOTA = {"train": 12, "val": 6, "test": 6}
+PART_QUOTA = {"train": 40, "val": 20, "test": 20}
 # Near-identical figures present in both classes of Site B (see the data README): never sample them.
 EXCLUDED = {"kjr-21-e24-p5-29", "kjr-21-e24-p5-31", "71%0", "71%1"}
 

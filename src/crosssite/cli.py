@@ -1,4 +1,4 @@
-"""The `crosssite` command line: train, evaluate, predict, demo."""
+"""The `crosssite` command line: train, evaluate, predict, demo, sweep, report, gradcam."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 from .config import TrainConfig, load_config
+from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError
 
 # flags of `train` that set a TrainConfig field: (flag, field, type, help)
 SETTING_FLAGS = [
-    ("--method", "method", str, "training method: single, joint, sepnorm, contrastive, ..."),
+    ("--method", "method", str, "training method: single, joint, sepnorm, contrastive, series-adapter, parallel-adapter, ms-net"),
     ("--backbone", "backbone", str, "covidnet or covidnet-redesign (single and joint take both)"),
     ("--data", "data", str, "folder holding the sites' original layouts (e.g. ../shared/data)"),
     ("--split", "split", str, "'fold' (stratified, patient-grouped k-fold) or 'official' (COVID-CT's split)"),
@@ -30,6 +31,10 @@ SETTING_FLAGS = [
     ("--grad-clip", "grad_clip", float, "gradient-norm clipping"),
     ("--temperature", "temperature", float, "NT-Xent temperature"),
     ("--alpha", "alpha", float, "weight of the contrastive loss"),
+    ("--kd-temperature", "kd_temperature", float, "ms-net: temperature of the knowledge transfer (KL) term"),
+    ("--kd-weight", "kd_weight", float, "ms-net: universal head loss = (1 - w) CE + w KL"),
+    ("--group-duplicates", "group_duplicates", float,
+     "fold split: group near-duplicate images (thumbnail correlation >= this, e.g. 0.95) so none straddles parts"),
     ("--eval-batch-size", "eval_batch_size", int, "batch size for validation and test"),
     ("--out", "out", str, "run folder"),
 ]
@@ -46,15 +51,31 @@ def add_site_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args) -> TrainConfig:
-    """Defaults, then the --config file, then the flags given on the command line."""
-    config = load_config(args.config) if args.config else TrainConfig()
-    changes = {f: getattr(args, f) for _, f, _, _ in SETTING_FLAGS if getattr(args, f) is not None}
+def add_setting_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """The TrainConfig flags (all but the fields in `exclude`), --site and --pepx-relu."""
+    for flag, field, typ, help_text in SETTING_FLAGS:
+        if field not in exclude:
+            parser.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
+    add_site_flag(parser)
+    parser.add_argument(
+        "--pepx-relu", action=argparse.BooleanOptionalAction, default=None, help="ReLU inside PEPX blocks"
+    )
+
+
+def setting_changes(args) -> dict:
+    """The TrainConfig fields set on the command line (flags added by `add_setting_flags`)."""
+    changes = {f: getattr(args, f) for _, f, _, _ in SETTING_FLAGS if getattr(args, f, None) is not None}
     if args.sites is not None:
         changes["sites"] = args.sites
     if args.pepx_relu is not None:
         changes["pepx_relu"] = args.pepx_relu
-    return config.replace(**changes)
+    return changes
+
+
+def config_from_args(args) -> TrainConfig:
+    """Defaults, then the --config file, then the flags given on the command line."""
+    config = load_config(args.config) if args.config else TrainConfig()
+    return config.replace(**setting_changes(args))
 
 
 def format_metrics(per_site: dict[str, dict]) -> str:
@@ -103,26 +124,39 @@ def cmd_evaluate(args) -> None:
     from .data.images import DecodedCache
     from .data.sites import load_sites
     from .data.splits import load_splits, make_splits
+    from .predict import site_index
     from .train import RunData, evaluate_part
 
     payload = load_checkpoint(Path(args.checkpoint))
     method, config, site_names = method_from_checkpoint(payload, args.checkpoint)
     data_dir = args.data or config.data
     sites = load_sites(Path(data_dir) if data_dir else None, args.sites if args.sites is not None else config.sites)
-    missing = [n for n in site_names if n not in sites]
-    if missing:
-        raise CrossSiteError(f"{args.checkpoint}: trained on site(s) {', '.join(missing)}, which the data does not hold")
-    sites = {n: sites[n] for n in site_names}
+    # which of the model's sites predicts for each loaded site; unknown sites only with --as-site
+    bn_sites = {n: site_names.index(n) for n in sites if n in site_names}
+    if args.as_site is not None:
+        as_index = site_index(site_names, args.as_site, Path(args.checkpoint))
+        bn_sites.update({n: as_index for n in sites if n not in site_names})
+    if not bn_sites:
+        site_index(site_names, next(iter(sites)), Path(args.checkpoint))  # raises: says to adapt or use --as-site
+    sites = {n: sites[n] for n in bn_sites}
     split_file = Path(args.split_file) if args.split_file else Path(args.checkpoint).parent / "split.json"
-    if args.fold is None and split_file.exists():
-        splits = load_splits(split_file, sites)
-        source = str(split_file)
+    fold = config.fold if args.fold is None else args.fold
+    if args.part == "all":
+        splits, source = {n: {"all": list(range(len(s)))} for n, s in sites.items()}, "every image of each site"
+    elif args.fold is None and split_file.exists():
+        splits, source = load_splits(split_file, sites), str(split_file)
     else:
-        fold = config.fold if args.fold is None else args.fold
-        splits = make_splits(sites, config.split, fold, config.folds, config.seed)
-        source = f"{config.split} split, fold {fold}, seed {config.seed}"
+        splits, source = {}, ""
+    rest = {n: s for n, s in sites.items() if n not in splits}  # sites the saved split does not hold
+    if rest:
+        splits.update(make_splits(rest, config.split, fold, config.folds, config.seed, config.group_duplicates))
+        source = "; ".join(filter(None, [source, f"{', '.join(rest)}: {config.split} split, fold {fold}, "
+                                                  f"seed {config.seed}"]))
+    as_note = {n: site_names[i] for n, i in bn_sites.items() if n not in site_names}
+    if as_note:
+        source += "; batch norms: " + ", ".join(f"{n} as {k}" for n, k in as_note.items())
     data = RunData(sites, splits, DecodedCache(config.image_size))
-    per_site, _ = evaluate_part(method, data, args.part, args.batch_size)
+    per_site, _ = evaluate_part(method, data, args.part, args.batch_size, bn_sites)
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "part": args.part, "split": source, "sites": per_site}))
     else:
@@ -137,8 +171,68 @@ def cmd_predict(args) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        if "bn_distance" in rows[0]:
+            distances = ", ".join(f"{n} {d:.4g}" for n, d in rows[0]["bn_distance"].items())
+            print(f"site auto: {rows[0]['site']} (batch-norm distance: {distances})", file=sys.stderr)
         for r in rows:
             print(f"{r['path']}\tP(COVID)={r['p_covid']:.4f}\t{r['label']}")
+
+
+def cmd_audit(args) -> None:
+    from .audit import run_audit
+
+    print(run_audit(args.data, args.sites or [], args.split, args.out, args.threshold))
+
+
+def cmd_adapt(args) -> None:
+    from .adapt import adapt_checkpoint
+
+    record = adapt_checkpoint(Path(args.checkpoint), args.site, Path(args.out), args.batch_size)
+    print(f"{args.out}: site {record['site']} added from {record['images']} unlabelled images in {record['source']} "
+          f"(AdaBN); predict with: crosssite predict {args.out} --site {record['site']} IMG ...")
+
+
+def cmd_sweep(args) -> None:
+    from .presets import get_preset
+    from .sweep import run_sweep, select_rows
+
+    preset = get_preset(args.preset)
+    config = preset.config.replace(**setting_changes(args))
+    if config.data is None and not config.sites:
+        raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH")
+    seeds = preset.seeds if args.seeds is None else args.seeds
+    records = run_sweep(config, select_rows(args.methods), seeds, Path(args.out), progress=not args.quiet)
+    failed = [r["job"] for r in records if r["status"] != "ok"]
+    print(f"{args.out}: {len(records)} job(s) run, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
+    print(f"results in {Path(args.out) / 'results.jsonl'}; tables and figures: crosssite report {args.out}")
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    print(f"wrote {write_report(Path(args.folder), args.examples)}")
+
+
+def cmd_gradcam(args) -> None:
+    from .gradcam import gradcam_images
+
+    target = {"covid": 1, "noncovid": 0}[args.target]
+    for path in gradcam_images(Path(args.checkpoint), args.site, [Path(p) for p in args.images], Path(args.out), target):
+        print(path)
+
+
+def cmd_params(args) -> None:
+    from .methods import METHODS
+    from .methods.params import count_parameters, format_table
+
+    config = TrainConfig(width=args.width, image_size=args.image_size)
+    config.validate()
+    if args.sites < 1:
+        raise CrossSiteError(f"--sites must be at least 1, got {args.sites}")
+    names = args.methods or list(METHODS)
+    rows = {name: count_parameters(name, config, args.sites) for name in names}
+    print(f"parameters at width {config.width}, {config.image_size} px, {args.sites} sites:")
+    print(format_table(rows))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,19 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a method on one fold and test the best validation checkpoint")
     train.add_argument("--config", help="YAML settings file (e.g. a run's config.yaml); flags override it")
-    for flag, field, typ, help_text in SETTING_FLAGS:
-        train.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
-    add_site_flag(train)
-    train.add_argument(
-        "--pepx-relu", action=argparse.BooleanOptionalAction, default=None, help="ReLU inside PEPX blocks"
-    )
+    add_setting_flags(train)
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 
     demo = sub.add_parser("demo", help="a short real training + evaluation on the shipped sample")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--epochs", type=int, default=12)
+    demo.add_argument("--epochs", type=int, default=20)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
@@ -169,18 +258,73 @@ def build_parser() -> argparse.ArgumentParser:
     add_site_flag(evaluate)
     evaluate.add_argument("--split-file", help="split.json to use (default: the one beside the checkpoint)")
     evaluate.add_argument("--fold", type=int, help="recompute the split for this fold instead of reading split.json")
-    evaluate.add_argument("--part", choices=("train", "val", "test"), default="test")
+    evaluate.add_argument("--part", choices=("train", "val", "test", "all"), default="test",
+                          help="part of the split, or 'all': every image (for a site the run never saw)")
+    evaluate.add_argument("--as-site", metavar="KNOWN",
+                          help="evaluate sites the checkpoint does not know with the batch norms of site KNOWN")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="P(COVID) for new images of a known site")
     predict.add_argument("checkpoint")
-    predict.add_argument("--site", required=True, help="which site's batch norms to use")
+    predict.add_argument("--site", required=True,
+                         help="which site's batch norms to use, or 'auto': the site whose statistics are closest")
     predict.add_argument("images", nargs="+", metavar="IMG")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(func=cmd_predict)
+
+    from .presets import PRESETS
+    from .sweep import ROWS
+
+    sweep = sub.add_parser("sweep", help="train every Table I job (rows x folds x seeds); restart to resume")
+    sweep.add_argument("--preset", choices=list(PRESETS), default="paper", help="base settings; flags override them")
+    sweep.add_argument(
+        "--methods", nargs="+", default=["all"], metavar="ROW",
+        help="Table I rows, comma or space separated: all (default) or " + ", ".join(r.name for r in ROWS),
+    )
+    sweep.add_argument("--seeds", type=int, help="number of seeds, run as 0..N-1 (default: the preset's)")
+    sweep.add_argument("--out", required=True, help="sweep folder, e.g. results/NAME")
+    add_setting_flags(sweep, exclude=("method", "backbone", "fold", "seed", "out"))
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = sub.add_parser("report", help="Tables I-III and Figs. 3-5 of a sweep folder: report.md, CSV, LaTeX, PNG")
+    report.add_argument("folder", help="the sweep's --out folder")
+    report.add_argument("--examples", type=int, default=4, help="Grad-CAM images per site, correct and wrong each")
+    report.set_defaults(func=cmd_report)
+
+    gradcam = sub.add_parser("gradcam", help="Grad-CAM overlays (last conv stage) of images, one PNG each")
+    gradcam.add_argument("checkpoint")
+    gradcam.add_argument("--site", required=True, help="which site's network / batch norms to use")
+    gradcam.add_argument("images", nargs="+", metavar="IMG")
+    gradcam.add_argument("--out", required=True, help="folder for the PNGs")
+    gradcam.add_argument("--target", choices=("covid", "noncovid"), default="covid", help="class whose map is drawn")
+    gradcam.set_defaults(func=cmd_gradcam)
+
+    audit = sub.add_parser("audit", help="exact and near-duplicate image pairs, and pairs straddling a split")
+    audit.add_argument("--data", help="folder holding the sites' original layouts")
+    add_site_flag(audit)
+    audit.add_argument("--split", metavar="RUN", help="run folder (or its split.json): list pairs across its parts")
+    audit.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                       help="near duplicate: 32x32 thumbnail correlation at least this (default %(default)s)")
+    audit.add_argument("--out", required=True, help="folder for pairs.csv")
+    audit.set_defaults(func=cmd_audit)
+
+    adapt = sub.add_parser("adapt", help="add a new site to a site-specific-BN checkpoint from unlabelled images")
+    adapt.add_argument("checkpoint")
+    adapt.add_argument("--site", required=True, metavar="NAME=PATH", help="new site name and its image folder")
+    adapt.add_argument("--out", required=True, help="new checkpoint file")
+    adapt.add_argument("--batch-size", type=int, default=64)
+    adapt.set_defaults(func=cmd_adapt)
+
+    params = sub.add_parser("params", help="total, shared and per-site parameter counts of methods")
+    params.add_argument("--method", dest="methods", action="append", help="a method (repeatable; default: all)")
+    params.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = paper)")
+    params.add_argument("--image-size", type=int, default=224, help="input size in pixels")
+    params.add_argument("--sites", type=int, default=2, help="number of sites")
+    params.set_defaults(func=cmd_params)
     return parser
 
 

@@ -12,11 +12,11 @@ def test_sample_sites(sample_dir):
     sites = discover_sites(sample_dir)
     assert list(sites) == ["sars-cov-2-ct", "covid-ct"]
     a, b = sites["sars-cov-2-ct"], sites["covid-ct"]
-    assert len(a) == 48 and a.labels().sum() == 24 and a.labels().dtype == np.int64
+    assert len(a) == 160 and a.labels().sum() == 80 and a.labels().dtype == np.int64
     assert a.groups() is None and a.official_split is None
-    assert len(b) == 48 and b.labels().sum() == 24
+    assert len(b) == 160 and b.labels().sum() == 80
     assert all(s.patient for s in b.samples)
-    assert {k: len(v) for k, v in b.official_split.items()} == {"train": 24, "val": 12, "test": 12}
+    assert {k: len(v) for k, v in b.official_split.items()} == {"train": 80, "val": 40, "test": 40}
     assert [str(s.path) for s in b.samples] == sorted(str(s.path) for s in b.samples)
     for s in b.samples:
         assert s.label == (COVID if s.path.parent.name == "CT_COVID" else NON_COVID)
@@ -120,7 +120,7 @@ def test_generic_folder_case_insensitive(sample_dir, tmp_path):
     shutil.copytree(sample_dir / "sars-cov-2-ct" / "COVID", tmp_path / "Positive")
     shutil.copytree(sample_dir / "sars-cov-2-ct" / "non-COVID", tmp_path / "NORMAL")
     site = read_site(tmp_path, "c")
-    assert len(site) == 48 and site.labels().sum() == 24 and site.groups() is None
+    assert len(site) == 160 and site.labels().sum() == 80 and site.groups() is None
 
 
 def _write_csv(tmp_path, sample_dir, rows):

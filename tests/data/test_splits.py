@@ -53,7 +53,7 @@ def test_fold_out_of_range(sample_dir, fold):
 
 def test_official(sample_dir):
     sites = discover_sites(sample_dir)
-    assert len(official_split(sites["covid-ct"])["test"]) == 12
+    assert len(official_split(sites["covid-ct"])["test"]) == 40
     with pytest.raises(CrossSiteError, match="sars-cov-2-ct"):
         official_split(sites["sars-cov-2-ct"])
     with pytest.raises(CrossSiteError, match="sites with one: covid-ct"):
