@@ -8,14 +8,16 @@ import json
 import sys
 from pathlib import Path
 
+from . import distributed
 from .config import TrainConfig, load_config
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError
+from .runtime import ensure_malloc_tuning
 
 # flags of `train` that set a TrainConfig field: (flag, field, type, help)
 SETTING_FLAGS = [
-    ("--method", "method", str, "training method: single, joint, sepnorm, contrastive, series-adapter, parallel-adapter, ms-net"),
+    ("--method", "method", str, "single, joint, sepnorm, contrastive, series-adapter, parallel-adapter, ms-net"),
     ("--backbone", "backbone", str, "covidnet or covidnet-redesign (single and joint take both)"),
     ("--data", "data", str, "folder holding the sites' original layouts (e.g. ../shared/data)"),
     ("--split", "split", str, "'fold' (stratified, patient-grouped k-fold) or 'official' (COVID-CT's split)"),
@@ -38,6 +40,7 @@ SETTING_FLAGS = [
     ("--eval-batch-size", "eval_batch_size", int, "batch size for validation and test"),
     ("--out", "out", str, "run folder"),
 ]
+COMPILE_HELP = "torch.compile the network first (minutes on a CPU; pays only for many images, see README Speed)"
 assert {f for _, f, _, _ in SETTING_FLAGS} | {"sites", "pepx_relu"} == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -93,7 +96,10 @@ def cmd_train(args) -> None:
     config = config_from_args(args)
     if config.data is None and not config.sites:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH (or run `crosssite demo`)")
-    metrics = train(config, resume=args.resume, progress=not args.quiet)
+    with distributed.launched():  # under torchrun: one of several processes (crosssite.distributed)
+        metrics = train(config, resume=args.resume, progress=not args.quiet)
+        if not distributed.is_main():
+            return
     print(f"test metrics of {Path(config.out) / 'best.pt'} (epoch {metrics['best_epoch']}):")
     print(format_metrics(metrics["sites"]))
 
@@ -136,8 +142,10 @@ def cmd_evaluate(args) -> None:
     if args.as_site is not None:
         as_index = site_index(site_names, args.as_site, Path(args.checkpoint))
         bn_sites.update({n: as_index for n in sites if n not in site_names})
-    if not bn_sites:
-        site_index(site_names, next(iter(sites)), Path(args.checkpoint))  # raises: says to adapt or use --as-site
+    named = [arg.partition("=")[0].strip() for arg in args.sites or []]
+    unknown = [n for n in named if n not in bn_sites] or ([] if bn_sites else list(sites))
+    if unknown:  # raises: says to adapt the site first or to pass --as-site
+        site_index(site_names, unknown[0], Path(args.checkpoint))
     sites = {n: sites[n] for n in bn_sites}
     split_file = Path(args.split_file) if args.split_file else Path(args.checkpoint).parent / "split.json"
     fold = config.fold if args.fold is None else args.fold
@@ -156,7 +164,7 @@ def cmd_evaluate(args) -> None:
     if as_note:
         source += "; batch norms: " + ", ".join(f"{n} as {k}" for n, k in as_note.items())
     data = RunData(sites, splits, DecodedCache(config.image_size))
-    per_site, _ = evaluate_part(method, data, args.part, args.batch_size, bn_sites)
+    per_site, _ = evaluate_part(method, data, args.part, args.batch_size, bn_sites, compile=args.compile)
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "part": args.part, "split": source, "sites": per_site}))
     else:
@@ -167,7 +175,8 @@ def cmd_evaluate(args) -> None:
 def cmd_predict(args) -> None:
     from .predict import predict_images
 
-    rows = predict_images(Path(args.checkpoint), args.site, [Path(p) for p in args.images], args.batch_size)
+    rows = predict_images(Path(args.checkpoint), args.site, [Path(p) for p in args.images], args.batch_size,
+                          compile=args.compile)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -201,7 +210,8 @@ def cmd_sweep(args) -> None:
     if config.data is None and not config.sites:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH")
     seeds = preset.seeds if args.seeds is None else args.seeds
-    records = run_sweep(config, select_rows(args.methods), seeds, Path(args.out), progress=not args.quiet)
+    rows = select_rows(args.methods)
+    records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, jobs=args.jobs)
     failed = [r["job"] for r in records if r["status"] != "ok"]
     print(f"{args.out}: {len(records)} job(s) run, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
     print(f"results in {Path(args.out) / 'results.jsonl'}; tables and figures: crosssite report {args.out}")
@@ -264,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="evaluate sites the checkpoint does not know with the batch norms of site KNOWN")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="P(COVID) for new images of a known site")
@@ -273,13 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMG")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--json", action="store_true")
+    predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     predict.set_defaults(func=cmd_predict)
 
     from .presets import PRESETS
     from .sweep import ROWS
 
     sweep = sub.add_parser("sweep", help="train every Table I job (rows x folds x seeds); restart to resume")
-    sweep.add_argument("--preset", choices=list(PRESETS), default="paper", help="base settings; flags override them")
+    sweep.add_argument(
+        "--preset", choices=list(PRESETS), default="paper",
+        help="base settings, which flags override: " + "; ".join(f"{k}: {p.about}" for k, p in PRESETS.items()),
+    )
     sweep.add_argument(
         "--methods", nargs="+", default=["all"], metavar="ROW",
         help="Table I rows, comma or space separated: all (default) or " + ", ".join(r.name for r in ROWS),
@@ -287,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=int, help="number of seeds, run as 0..N-1 (default: the preset's)")
     sweep.add_argument("--out", required=True, help="sweep folder, e.g. results/NAME")
     add_setting_flags(sweep, exclude=("method", "backbone", "fold", "seed", "out"))
+    sweep.add_argument(
+        "--jobs", type=int, default=1, help="jobs run at once in worker processes that split the CPU cores"
+    )
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep)
 
@@ -329,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; `argv` None means sys.argv (then the process may first re-execute itself
+    once with faster malloc settings, see crosssite.runtime)."""
+    if argv is None:
+        ensure_malloc_tuning()
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

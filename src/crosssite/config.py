@@ -39,6 +39,9 @@ class TrainConfig:
     grad_clip: float = 2.0  # gradient-norm clipping, reference code
     temperature: float = 0.05  # NT-Xent temperature (contrastive)
     alpha: float = 1.0  # weight of the contrastive loss (contrastive)
+    kd_temperature: float = 2.0  # softening of MS-Net's knowledge transfer (ms-net; see docs/methods.md)
+    kd_weight: float = 0.5  # MS-Net universal head: (1 - w) CE + w KL; 0.5/0.5 as liuquande/MS-Net main.py
+    group_duplicates: float | None = None  # fold split: keep near-duplicates (correlation >= this) in one part
     eval_batch_size: int = 64
     out: str = "runs/default"
 
@@ -61,6 +64,13 @@ class TrainConfig:
             problems.append(f"width must be positive, got {self.width}")
         if self.lr <= 0 or self.temperature <= 0:
             problems.append("lr and temperature must be positive")
+        if self.kd_temperature <= 0 or not 0 <= self.kd_weight <= 1:
+            problems.append(
+                f"kd_temperature must be positive and kd_weight in [0, 1], got {self.kd_temperature}, {self.kd_weight}"
+            )
+        if self.group_duplicates is not None and (self.split != "fold" or not 0 < self.group_duplicates <= 1):
+            problems.append(f"group_duplicates must be a correlation in (0, 1] and needs split 'fold', "
+                            f"got {self.group_duplicates} with split {self.split!r}")
         if problems:
             raise CrossSiteError("invalid settings: " + "; ".join(problems))
 

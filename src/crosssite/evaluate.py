@@ -17,19 +17,27 @@ from sklearn.metrics import (
 
 from .data.sampling import eval_batches
 from .data.transforms import to_tensor
+from .inference import inference_network
 
 METRIC_NAMES = ("accuracy", "f1", "recall", "precision", "auc", "specificity")
 
 
 @torch.no_grad()
-def predict_proba(method, images: np.ndarray, site: int, batch_size: int = 64) -> np.ndarray:
-    """P(COVID) for a (N, s, s) uint8 array of eval-size images of one site."""
+def predict_proba(method, images: np.ndarray, site: int, batch_size: int = 64, compile: bool = False) -> np.ndarray:
+    """P(COVID) for a (N, s, s) uint8 array of eval-size images of one site.
+
+    Runs the fast copy of `method.predict(., site)` (batch norms folded, channels_last; see
+    crosssite.inference); `compile` adds torch.compile.
+    """
     method.eval()
+    if len(images) == 0:
+        return np.zeros(0)
+    net = inference_network(method, site, compile=compile)
     probs = []
     for idx in eval_batches(len(images), batch_size):
-        logits = method.predict(to_tensor(images[idx]), site)
-        probs.append(torch.softmax(logits, dim=1)[:, 1].numpy())
-    return np.concatenate(probs) if probs else np.zeros(0)
+        logits = net(to_tensor(images[idx]))
+        probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
+    return np.concatenate(probs)
 
 
 def site_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:

@@ -1,4 +1,8 @@
-"""Atomic file writes: a killed process leaves the old file or the new one, never half of one."""
+"""Atomic file writes: a killed process leaves the old file or the new one, never half of one.
+
+Under torchrun only rank 0 writes: on the other ranks, which compute the same results, every
+write here does nothing (crosssite.distributed), so no two processes write one file.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from . import distributed
 from .errors import CrossSiteError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`."""
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -35,6 +42,8 @@ def atomic_write_json(path: Path, obj) -> None:
 
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line and flush it to disk (a line is written whole or not at all in practice)."""
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:

@@ -1,38 +1,110 @@
-"""Inference on new images with a trained checkpoint."""
+"""Inference on new images with a trained checkpoint.
+
+`--site auto` picks the known site whose batch-norm statistics are closest to the images': for each
+known site s the images go through the network with s's batch norms (eval mode); at every SiteBatchNorm
+the per-channel mean m and variance v of the incoming activations over the whole set of images are
+compared with s's running mean mu and variance sigma^2 by the symmetric Kullback-Leibler divergence of
+the two Gaussians, KL(p||q) + KL(q||p) = ((v + d^2) / sigma^2 + (sigma^2 + d^2) / v) / 2 - 1 with
+d = m - mu (each variance plus the layer's eps), averaged over channels and then over the layers on
+the prediction path.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .checkpoint import load_checkpoint, method_from_checkpoint
 from .data.images import DecodedCache
+from .data.sampling import eval_batches
+from .data.transforms import to_tensor
 from .errors import CrossSiteError
 from .evaluate import predict_proba
+from .models.site_bn import SiteBatchNorm
 
 LABEL_NAMES = {0: "NonCOVID", 1: "COVID"}
+AUTO = "auto"
 
 
 def site_index(site_names: list[str], site: str, checkpoint: Path) -> int:
-    """Index of `site` among the checkpoint's sites, or a clear error listing the known ones."""
+    """Index of `site` among the checkpoint's sites, or a clear error saying how to add a new one."""
     if site not in site_names:
         raise CrossSiteError(
-            f"{checkpoint}: unknown site {site!r}; this checkpoint knows {', '.join(site_names)} "
-            "(pass one of them with --site)"
+            f"{checkpoint}: unknown site {site!r}; this checkpoint knows {', '.join(site_names)}. "
+            f"Pass one of them with --site (evaluate: --as-site), or --site auto, or first add the new site "
+            f"from its unlabelled images: crosssite adapt {checkpoint} --site {site}=FOLDER --out NEW.pt"
         )
     return site_names.index(site)
 
 
-def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = 64) -> list[dict]:
-    """One dict per image: path, P(COVID) and predicted label (P(COVID) >= 0.5)."""
+def _symmetric_kl(m: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    d2 = (m - mu) ** 2
+    return ((v + d2) / var + (var + d2) / v) / 2 - 1
+
+
+@torch.no_grad()
+def bn_distances(method, images: np.ndarray, batch_size: int = 64) -> list[float]:
+    """Per known site, the mean symmetric KL between the images' pre-BN activations and its BN statistics."""
+    layers = [m for m in method.modules() if isinstance(m, SiteBatchNorm)]
+    if not layers:
+        raise CrossSiteError(f"--site {AUTO} needs a model with site-specific batch norm "
+                             f"(method {method.name!r} has none): pass a known site with --site")
+    method.eval()
+    distances = []
+    for site in range(method.num_sites):
+        # per layer and channel: [count, sum, sum of squares] of the incoming activations
+        sums = [[0, 0.0, 0.0] for _ in layers]
+
+        def record(k):
+            def hook(_module, inputs):
+                x = inputs[0].double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
+                sums[k][0] += x.shape[1]
+                sums[k][1] += x.sum(1)
+                sums[k][2] += (x * x).sum(1)
+            return hook
+
+        handles = [layer.register_forward_pre_hook(record(k)) for k, layer in enumerate(layers)]
+        try:
+            for idx in eval_batches(len(images), batch_size):
+                method.predict(to_tensor(images[idx]), site)
+        finally:
+            for h in handles:
+                h.remove()
+        per_layer = []
+        for layer, (n, s, q) in zip(layers, sums):
+            if n == 0:  # not on the prediction path (the contrastive projection head)
+                continue
+            bn = layer.bns[site]
+            mean = s / n
+            var = (q / n - mean ** 2).clamp_min(0) + bn.eps
+            per_layer.append(_symmetric_kl(mean, var, bn.running_mean.double(),
+                                           bn.running_var.double() + bn.eps).mean())
+        distances.append(float(torch.stack(per_layer).mean()))
+    return distances
+
+
+def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = 64,
+                   compile: bool = False) -> list[dict]:
+    """One dict per image: path, P(COVID) and predicted label (P(COVID) >= 0.5).
+
+    With site "auto" every row also carries the chosen `site` and `bn_distance`, each known site's distance.
+    """
     payload = load_checkpoint(checkpoint)
     method, config, site_names = method_from_checkpoint(payload, checkpoint)
-    index = site_index(site_names, site, checkpoint)
+    if site != AUTO:
+        index = site_index(site_names, site, checkpoint)
     if not images:
         raise CrossSiteError("no images given")
-    cache = DecodedCache(config.image_size)
-    probs = predict_proba(method, cache.eval_batch([Path(p) for p in images]), index, batch_size)
+    batch = DecodedCache(config.image_size).eval_batch([Path(p) for p in images])
+    extra = {}
+    if site == AUTO:
+        distances = bn_distances(method, batch, batch_size)
+        index = int(np.argmin(distances))
+        extra = {"site": site_names[index], "bn_distance": dict(zip(site_names, distances))}
+    probs = predict_proba(method, batch, index, batch_size, compile=compile)
     return [
-        {"path": str(p), "p_covid": float(q), "label": LABEL_NAMES[int(q >= 0.5)]} for p, q in zip(images, np.asarray(probs))
+        {"path": str(p), "p_covid": float(q), "label": LABEL_NAMES[int(q >= 0.5)], **extra}
+        for p, q in zip(images, np.asarray(probs))
     ]

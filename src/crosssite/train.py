@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, load_config, save_config
 from .data.images import DecodedCache
@@ -64,8 +65,8 @@ def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = 
     if resume and split_file.exists():
         splits = load_splits(split_file, sites)
     else:
-        splits = make_splits(sites, config.split, config.fold, config.folds, config.seed)
-        settings = {k: getattr(config, k) for k in ("split", "fold", "folds", "seed")}
+        splits = make_splits(sites, config.split, config.fold, config.folds, config.seed, config.group_duplicates)
+        settings = {k: getattr(config, k) for k in ("split", "fold", "folds", "seed", "group_duplicates")}
         save_splits(split_file, sites, splits, settings=settings)
     data = RunData(sites, splits, DecodedCache(config.image_size))
     for name in sites:
@@ -75,13 +76,18 @@ def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = 
     return data
 
 
-def evaluate_part(method, data: RunData, part: str, batch_size: int) -> tuple[dict[str, dict], list[dict]]:
-    """Metrics per site on one part of the split, and one prediction row per image."""
+def evaluate_part(method, data: RunData, part: str, batch_size: int,
+                  bn_sites: dict[str, int] | None = None, compile: bool = False) -> tuple[dict[str, dict], list[dict]]:
+    """Metrics per site on one part of the split, and one prediction row per image.
+
+    `bn_sites` maps a site to the model's site index to predict with (default: its position in the run).
+    """
     per_site, rows = {}, []
-    for site_index, name in enumerate(data.site_names):
+    for position, name in enumerate(data.site_names):
+        site_index = position if bn_sites is None else bn_sites[name]
         paths = data.paths(name, part)
         labels = data.labels(name, part)
-        probs = predict_proba(method, data.cache.eval_batch(paths), site_index, batch_size)
+        probs = predict_proba(method, data.cache.eval_batch(paths), site_index, batch_size, compile=compile)
         per_site[name] = site_metrics(labels, probs)
         rows += [
             {"site": name, "path": str(p), "label": int(y), "p_covid": float(q)} for p, y, q in zip(paths, labels, probs)
@@ -131,6 +137,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     if not resume and (out / "last.pt").exists():
         raise CrossSiteError(f"{out}: holds a run already; pass --resume to continue it or choose another --out")
     resume = resume and (out / "config.yaml").exists()  # killed before anything was saved: start afresh
+    # torchrun (crosssite.distributed): every rank has looked at the run folder before rank 0 writes to it;
+    # only rank 0 writes files and shows progress
+    distributed.barrier()
+    progress = progress and distributed.is_main()
     if resume:
         _check_same_settings(config, out / "config.yaml")
     else:
@@ -139,6 +149,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     data = prepare_data(config, out, resume, progress)
     _seed_everything(config.seed)
     method = create_method(config.method, len(data.sites), config)
+    update = distributed.make_update(method)  # channels_last; under torchrun: this rank's share, DDP
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(method.optimizer, T_max=config.epochs, eta_min=0.0)
     start_epoch, best_auc = _resume_state(out, method, scheduler) if resume else (0, -math.inf)
 
@@ -157,7 +168,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         for step, indices in enumerate(bar):
             minibatches = [_train_batch(data, n, idx, config.image_size, rng) for n, idx in zip(names, indices)]
             try:
-                stats = method.update(minibatches)
+                stats = update(minibatches)
             except DivergedError as e:
                 kept = f"last good checkpoint: {out / 'last.pt'}" if (out / "last.pt").exists() else "no checkpoint yet"
                 raise DivergedError(f"{out}: {e} at epoch {epoch + 1}, step {step + 1}; training stopped ({kept})") from None
@@ -201,6 +212,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
 
     if not (out / "best.pt").exists():  # validation AUC undefined every epoch: fall back to the last epoch
         save_checkpoint(out / "best.pt", method, config, names, epoch=config.epochs, val_mean_auc=float("nan"))
+    distributed.barrier()  # torchrun: rank 0 has written best.pt
     return test_best(config, data, out)
 
 

@@ -84,3 +84,48 @@ def test_load_unknown_path(sample_dir, tmp_path):
     with pytest.raises(DataError, match="elsewhere/x.png") as e:
         load_splits(out, sites)
     assert str(out) in str(e.value)
+
+
+def _near_pairs(site, threshold=0.95):
+    from crosssite.data.duplicates import fingerprints, similar_pairs
+
+    _, thumbs = fingerprints([s.path for s in site.samples])
+    i, j, _ = similar_pairs(thumbs, threshold)
+    return list(zip(i.tolist(), j.tolist()))
+
+
+def _straddling(split, pairs):
+    part = {i: p for p, idx in split.items() for i in idx}
+    return [(a, b) for a, b in pairs if part[a] != part[b]]
+
+
+def test_grouped_folds_keep_near_duplicates_together(tmp_path):
+    from PIL import Image
+
+    from crosssite.data.sites import read_generic
+
+    rng = np.random.default_rng(0)
+    for label in ("COVID", "NonCOVID"):
+        (tmp_path / label).mkdir()
+        for c in range(12):  # 12 "patients" per class, 3 near-identical slices each
+            base = rng.random((40, 40)) * 255
+            for k in range(3):
+                img = np.clip(base + rng.normal(0, 5, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(tmp_path / label / f"{c}_{k}.png")
+    site = read_generic(tmp_path, "synthetic")
+    pairs = _near_pairs(site)
+    assert len(pairs) == 2 * 12 * 3
+    plain = [fold_split(site, f, 4, seed=0) for f in range(4)]
+    assert any(_straddling(s, pairs) for s in plain)  # image-level folds split the clusters
+    for fold in range(4):
+        s = fold_split(site, fold, 4, seed=0, group_duplicates=0.95)
+        assert not _straddling(s, pairs)
+        assert sorted(s["train"] + s["val"] + s["test"]) == list(range(len(site)))
+
+
+def test_grouped_folds_full(shared_data):
+    site = discover_sites(shared_data)["sars-cov-2-ct"]
+    pairs = _near_pairs(site)
+    assert _straddling(make_splits({"a": site}, "fold", 0, 4, 0)["a"], pairs)
+    grouped = make_splits({"a": site}, "fold", 0, 4, 0, group_duplicates=0.95)["a"]
+    assert not _straddling(grouped, pairs)

@@ -134,3 +134,24 @@ def test_state_dict_roundtrip():
     b = convert_to_site_bn(tiny_conv(), 2)
     b.load_state_dict(a.state_dict())
     assert torch.equal(b[1].bns[1].running_mean, a[1].bns[1].running_mean)
+
+
+def test_add_site_grows_every_layer_with_mean_affine_and_fresh_statistics():
+    import torch
+    from torch import nn
+
+    from crosssite.models.site_bn import add_site, convert_to_site_bn, num_sites, use_site
+
+    model = convert_to_site_bn(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)), 2)
+    bns = model[1].bns
+    with torch.no_grad():
+        bns[0].weight.fill_(1.0)
+        bns[1].weight.fill_(3.0)
+        bns[0].running_mean.fill_(5.0)
+    assert add_site(model) == 2 and num_sites(model) == 3
+    assert torch.equal(bns[2].weight, torch.full((4,), 2.0)) and torch.equal(bns[2].running_mean, torch.zeros(4))
+    assert torch.equal(bns[0].running_mean, torch.full((4,), 5.0))  # old sites untouched
+    with use_site(model, 2):
+        assert model(torch.randn(2, 3, 5, 5)).shape == (2, 4, 5, 5)
+    with pytest.raises(ValueError, match="no site batch norm"):
+        add_site(nn.Sequential(nn.Conv2d(3, 4, 1)))

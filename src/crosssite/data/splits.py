@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from crosssite.data.duplicates import duplicate_groups
 from crosssite.data.sites import SPLIT_PARTS, Site
 from crosssite.errors import CrossSiteError, DataError
+from crosssite.io import atomic_write
 
 SPLIT_KINDS = ("fold", "official")
 __all__ = ["SPLIT_PARTS", "SPLIT_KINDS", "fold_split", "official_split", "make_splits", "save_splits", "load_splits"]
@@ -29,9 +30,14 @@ def _group_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, fold: int
     return next(splits)
 
 
-def fold_split(site: Site, fold: int, n_folds: int = 4, seed: int = 0, val_folds: int = 5) -> dict[str, list[int]]:
+def fold_split(site: Site, fold: int, n_folds: int = 4, seed: int = 0, val_folds: int = 5,
+               group_duplicates: float | None = None) -> dict[str, list[int]]:
     """Test = fold `fold` of n_folds, val = 1/val_folds of the rest; grouped by patient so that no
-    patient's slices leak across parts (sites without ids: each image is its own group)."""
+    patient's slices leak across parts (sites without ids: each image is its own group).
+
+    `group_duplicates` (a correlation threshold, see data/duplicates.py) widens each group to a
+    connected component of patient and near-duplicate links, so no near-duplicate cluster straddles parts.
+    """
     if n_folds < 2 or not 0 <= fold < n_folds:
         raise CrossSiteError(f"--fold {fold} is out of range for --folds {n_folds} (use 0..{n_folds - 1}, "
                              "with at least 2 folds)")
@@ -39,7 +45,9 @@ def fold_split(site: Site, fold: int, n_folds: int = 4, seed: int = 0, val_folds
         raise CrossSiteError(f"val_folds must be at least 2, got {val_folds}")
     labels = site.labels()
     groups = site.groups()
-    if groups is None:
+    if group_duplicates is not None:
+        groups = duplicate_groups([s.path for s in site.samples], group_duplicates, groups)
+    elif groups is None:
         groups = np.arange(len(site)).astype(str)
     rest, test = _group_fold(labels, groups, n_folds, fold, seed, f"site {site.name}")
     train_pos, val_pos = _group_fold(labels[rest], groups[rest], val_folds, 0, seed,
@@ -54,8 +62,8 @@ def official_split(site: Site) -> dict[str, list[int]]:
     return {part: list(site.official_split[part]) for part in SPLIT_PARTS}
 
 
-def make_splits(sites: dict[str, Site], kind: str, fold: int, n_folds: int,
-                seed: int) -> dict[str, dict[str, list[int]]]:
+def make_splits(sites: dict[str, Site], kind: str, fold: int, n_folds: int, seed: int,
+                group_duplicates: float | None = None) -> dict[str, dict[str, list[int]]]:
     if kind not in SPLIT_KINDS:
         raise CrossSiteError(f"unknown split kind {kind!r} (use one of: {', '.join(SPLIT_KINDS)})")
     if kind == "official":
@@ -65,7 +73,8 @@ def make_splits(sites: dict[str, Site], kind: str, fold: int, n_folds: int,
             raise CrossSiteError(f"official split: site(s) {', '.join(missing)} have none; sites with one: "
                                  f"{', '.join(have) or 'none'} (use the fold split instead)")
         return {name: official_split(site) for name, site in sites.items()}
-    return {name: fold_split(site, fold, n_folds, seed) for name, site in sites.items()}
+    return {name: fold_split(site, fold, n_folds, seed, group_duplicates=group_duplicates)
+            for name, site in sites.items()}
 
 
 def save_splits(path: Path, sites: dict[str, Site], splits: dict[str, dict[str, list[int]]],
@@ -78,11 +87,8 @@ def save_splits(path: Path, sites: dict[str, Site], splits: dict[str, dict[str, 
     doc = {"settings": dict(settings or {}),
            "sites": {name: {part: [str(sites[name].samples[i].path) for i in idx] for part, idx in parts.items()}
                      for name, parts in splits.items()}}
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8"))
     except OSError as exc:
         raise DataError(f"{path}: cannot write split file ({exc.strerror or exc})") from None
 

@@ -1,6 +1,7 @@
 """Training methods (one registry); importing this package registers all of them."""
 
-from . import contrastive, joint, sepnorm, single  # noqa: F401  (register)
+# registration order = the order of the paper's Table I, used by listings such as `crosssite params`
+from . import single, joint, sepnorm, contrastive, series_adapter, parallel_adapter, ms_net  # noqa: F401, I001
 from .base import Method
 from .registry import METHODS, create_method
 

@@ -8,6 +8,8 @@ one site. Everything else (data, schedules, checkpoints) lives in the trainer.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -69,6 +71,19 @@ class Method(nn.Module):
 
     def predict(self, x: torch.Tensor, site: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def network(self, site: int) -> nn.Module:
+        """The network that predicts for `site` (a COVIDNet, maybe with site batch norm).
+
+        Tools that look inside the model (Grad-CAM hooks its `last_stage`) use this and
+        `site_scope` instead of special cases per method.
+        """
+        self.check_site(site)
+        return self.net
+
+    def site_scope(self, site: int) -> contextlib.AbstractContextManager:
+        """Context in which `self.network(site)(x)` returns the logits of `predict(x, site)`."""
+        return contextlib.nullcontext()
 
     def check_site(self, site: int) -> None:
         if not 0 <= site < self.num_sites:

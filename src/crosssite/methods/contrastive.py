@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..distributed import gather
 from ..losses import supervised_nt_xent
 from ..models.site_bn import use_site
 from .base import Minibatches, present
@@ -24,7 +25,8 @@ class Contrastive(SepNorm):
                 projections.append(self.net.project(emb))
         labels = torch.cat([y for _, _, y in present(minibatches)])
         ce = F.cross_entropy(torch.cat([logits for _, _, logits in outputs]), labels)
-        contrast = supervised_nt_xent(torch.cat(projections), labels, self.config.temperature)
+        # under torchrun each process holds part of the batch: the loss compares the whole global batch
+        contrast = supervised_nt_xent(gather(torch.cat(projections)), gather(labels), self.config.temperature)
         loss = ce + self.config.alpha * contrast
         self.step(loss)
         return {"loss": loss.item(), "ce": ce.item(), "contrastive": contrast.item()}

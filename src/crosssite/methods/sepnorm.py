@@ -36,5 +36,8 @@ class SepNorm(Method):
 
     def predict(self, x, site):
         self.check_site(site)
-        with use_site(self.net, site):
+        with self.site_scope(site):
             return self.net(x)
+
+    def site_scope(self, site):
+        return use_site(self.net, site)

@@ -31,3 +31,7 @@ class Single(Method):
     def predict(self, x, site):
         self.check_site(site)
         return self.nets[site](x)
+
+    def network(self, site):
+        self.check_site(site)
+        return self.nets[site]

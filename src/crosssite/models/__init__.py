@@ -7,7 +7,7 @@ from typing import Callable
 import torch.nn as nn
 
 from .covidnet import COVIDNet
-from .site_bn import SiteBatchNorm, convert_to_site_bn, num_sites, set_site, use_site
+from .site_bn import SiteBatchNorm, SiteSpecific, convert_to_site_bn, num_sites, set_site, use_site
 
 
 def _covidnet(**kwargs) -> nn.Module:
@@ -37,6 +37,7 @@ __all__ = [
     "COVIDNet",
     "MODELS",
     "SiteBatchNorm",
+    "SiteSpecific",
     "convert_to_site_bn",
     "create_model",
     "num_sites",

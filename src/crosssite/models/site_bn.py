@@ -3,7 +3,12 @@
 ``convert_to_site_bn(model, n)`` swaps every batch-norm layer for a
 :class:`SiteBatchNorm` holding ``n`` independent copies (own running
 statistics, own affine parameters); ``use_site(model, i)`` selects which copy
-every such layer uses. All other parameters stay shared between sites.
+every such layer uses; ``add_site(model)`` adds a copy for a site seen only
+after training. All other parameters stay shared between sites.
+
+The selection mechanism belongs to :class:`SiteSpecific`, the base of every
+layer that keeps one copy of something per site (batch norms here, adapters
+and heads in :mod:`crosssite.models.adapters`): one ``use_site`` switches them all.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import copy
 from contextlib import contextmanager
 from typing import Iterator
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -19,7 +25,38 @@ from torch.nn.modules.batchnorm import _BatchNorm
 NO_SITE_MESSAGE = "no site selected: wrap the call in use_site(model, i)"
 
 
-class SiteBatchNorm(nn.Module):
+class SiteSpecific(nn.Module):
+    """Base of layers holding one copy of their weights per site; forward uses the active site's.
+
+    Subclasses put the copies in an ``nn.ModuleList`` returned by :meth:`site_copies`
+    and call :meth:`active` in ``forward``; :func:`use_site` selects the site.
+    """
+
+    active_site: int | None = None
+
+    def site_copies(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    @property
+    def num_sites(self) -> int:
+        return len(self.site_copies())
+
+    def set_site(self, site: int | None) -> None:
+        if site is not None:
+            _check_site(site, self.num_sites)
+        self.active_site = site
+
+    def active(self) -> nn.Module:
+        """The active site's copy; running without a selected site is an error, never a silent default."""
+        if self.active_site is None:
+            raise RuntimeError(NO_SITE_MESSAGE)
+        return self.site_copies()[self.active_site]
+
+    def extra_repr(self) -> str:
+        return f"num_sites={self.num_sites}, active_site={self.active_site}"
+
+
+class SiteBatchNorm(SiteSpecific):
     """One BN (own running stats + own affine) per site; forward uses the active site's."""
 
     def __init__(self, bn: _BatchNorm, num_sites: int):
@@ -28,24 +65,12 @@ class SiteBatchNorm(nn.Module):
             raise TypeError(f"SiteBatchNorm wraps a batch-norm layer, got {type(bn).__name__}")
         _check_num_sites(num_sites)
         self.bns = nn.ModuleList(copy.deepcopy(bn) for _ in range(num_sites))
-        self.active_site: int | None = None
 
-    @property
-    def num_sites(self) -> int:
-        return len(self.bns)
-
-    def set_site(self, site: int | None) -> None:
-        if site is not None:
-            _check_site(site, self.num_sites)
-        self.active_site = site
+    def site_copies(self) -> nn.ModuleList:
+        return self.bns
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.active_site is None:
-            raise RuntimeError(NO_SITE_MESSAGE)
-        return self.bns[self.active_site](x)
-
-    def extra_repr(self) -> str:
-        return f"num_sites={self.num_sites}, active_site={self.active_site}"
+        return self.active()(x)
 
 
 def _check_num_sites(n: int) -> None:
@@ -60,8 +85,8 @@ def _check_site(site: int, n: int) -> None:
         raise IndexError(f"site {site} out of range: this model has {n} sites (0..{n - 1})")
 
 
-def _site_bns(model: nn.Module) -> list[SiteBatchNorm]:
-    return [m for m in model.modules() if isinstance(m, SiteBatchNorm)]
+def _site_layers(model: nn.Module) -> list[SiteSpecific]:
+    return [m for m in model.modules() if isinstance(m, SiteSpecific)]
 
 
 def convert_to_site_bn(model: nn.Module, num_sites: int) -> nn.Module:
@@ -73,17 +98,17 @@ def convert_to_site_bn(model: nn.Module, num_sites: int) -> nn.Module:
     the same ``num_sites`` is a no-op; a different ``num_sites`` is a ValueError.
     """
     _check_num_sites(num_sites)
-    if isinstance(model, SiteBatchNorm):
+    if isinstance(model, SiteSpecific):
         existing = [model]
     else:
-        existing = _site_bns(model)
+        existing = _site_layers(model)
     if existing:
         counts = {m.num_sites for m in existing}
         if counts != {num_sites}:
             raise ValueError(
-                f"model already has site batch norm for {sorted(counts)} sites; cannot convert to {num_sites}"
+                f"model already has site-specific layers for {sorted(counts)} sites; cannot convert to {num_sites}"
             )
-    if isinstance(model, SiteBatchNorm):
+    if isinstance(model, SiteSpecific):
         return model
     if isinstance(model, _BatchNorm):
         return SiteBatchNorm(model, num_sites)
@@ -93,7 +118,7 @@ def convert_to_site_bn(model: nn.Module, num_sites: int) -> nn.Module:
 
 def _convert_children(module: nn.Module, num_sites: int) -> None:
     for name, child in list(module.named_children()):
-        if isinstance(child, SiteBatchNorm):
+        if isinstance(child, SiteSpecific):  # already one copy per site (its own BNs included)
             continue
         if isinstance(child, _BatchNorm):
             setattr(module, name, SiteBatchNorm(child, num_sites))
@@ -102,12 +127,12 @@ def _convert_children(module: nn.Module, num_sites: int) -> None:
 
 
 def set_site(model: nn.Module, site: int | None) -> None:
-    """Select ``site`` on every SiteBatchNorm of ``model`` (None: deselect).
+    """Select ``site`` on every site-specific layer of ``model`` (None: deselect).
 
     Selecting a site on a model without site batch norm is a ValueError
     (forgotten :func:`convert_to_site_bn`); ``None`` is always accepted.
     """
-    layers = _site_bns(model)
+    layers = _site_layers(model)
     if site is None:
         for m in layers:
             m.set_site(None)
@@ -122,7 +147,7 @@ def set_site(model: nn.Module, site: int | None) -> None:
 @contextmanager
 def use_site(model: nn.Module, site: int) -> Iterator[nn.Module]:
     """Select ``site`` for the ``with`` block, then restore each layer's previous site."""
-    layers = _site_bns(model)
+    layers = _site_layers(model)
     previous = [m.active_site for m in layers]
     set_site(model, site)
     try:
@@ -132,7 +157,33 @@ def use_site(model: nn.Module, site: int) -> Iterator[nn.Module]:
             m.active_site = prev
 
 
+def add_site(model: nn.Module) -> int:
+    """Grow every SiteBatchNorm of ``model`` by one site; return the new site's index.
+
+    The new copy has fresh running statistics (mean 0, variance 1, no batches counted; estimate them
+    with AdaBN, see crosssite.adapt) and, as the only choice that favours no known site, affine weight
+    and bias equal to the mean of the existing sites'. A model without site batch norm, or with other
+    site-specific layers (which unlabelled images cannot fit), is a ValueError.
+    """
+    layers = _site_layers(model)
+    if not layers:
+        raise ValueError("model has no site batch norm layers: call convert_to_site_bn(model, n) first")
+    others = sorted({type(m).__name__ for m in layers if not isinstance(m, SiteBatchNorm)})
+    if others:
+        raise ValueError(f"model has site-specific {', '.join(others)} layers besides batch norm; "
+                         "only batch norm can be fitted to a new site without labels")
+    for m in layers:
+        new = copy.deepcopy(m.bns[0])
+        new.reset_running_stats()
+        if new.affine:
+            with torch.no_grad():
+                new.weight.copy_(torch.stack([bn.weight for bn in m.bns]).mean(0))
+                new.bias.copy_(torch.stack([bn.bias for bn in m.bns]).mean(0))
+        m.bns.append(new)
+    return num_sites(model) - 1
+
+
 def num_sites(model: nn.Module) -> int:
-    """Number of sites of a converted model; 0 if it has no SiteBatchNorm."""
-    layers = _site_bns(model)
+    """Number of sites of a converted model; 0 if it has no site-specific layer."""
+    layers = _site_layers(model)
     return min(m.num_sites for m in layers) if layers else 0

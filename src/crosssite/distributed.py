@@ -1,0 +1,243 @@
+"""How a training step runs in this process, alone or as one of several under torchrun.
+
+`torchrun --nproc-per-node N -m crosssite train ...` starts N copies of the same command (one per
+GPU, or N CPU processes). Every rank reads the same data, makes the same split, starts from the same
+weights and draws the same batches and augmentations (all follow from the seed); each then trains on
+its 1/N share of every site's batch, so the global batch stays `batch_per_site` images per site:
+
+- gradients are averaged across ranks by DistributedDataParallel (gloo on CPU, nccl on GPU);
+- batch norm: in training mode every batch norm normalises with the mean and variance of its site's
+  whole global batch, summed across ranks (`SyncedBatchNorm`). torch's SyncBatchNorm runs only on
+  accelerators, and it could not tell sites apart anyway; here each site's copy inside a
+  SiteBatchNorm is synced on its own (every rank runs the sites in the same order). The running
+  statistics are then the same on every rank without further communication. All-reducing only the
+  running buffers after each step would be cheaper, but the forward pass would then normalise with
+  1/N of the site's batch and train a different model than one process does;
+- the contrastive loss compares the whole global batch (`gather`), as in one process;
+- only rank 0 writes files (`crosssite.io` skips writes elsewhere; all ranks compute the same results).
+
+So N processes train what one process trains with the same global batch, up to float rounding
+(tests/test_distributed.py). Outside torchrun `make_update` only sets the memory layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
+
+from .errors import CrossSiteError, DivergedError
+from .runtime import prepare_input, prepare_model
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def is_main() -> bool:
+    """True in the one process that writes files (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def device() -> torch.device:
+    """This rank's device: its GPU under torchrun with nccl, else the CPU."""
+    if active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def launched() -> Iterator[None]:
+    """Join the process group when torchrun started this process (it sets WORLD_SIZE); leave it after."""
+    if "WORLD_SIZE" not in os.environ or active():
+        yield
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of every rank's input is the sum of all ranks' output gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class _AllGather(torch.autograd.Function):
+    """Rows of every rank, concatenated in rank order (every rank holds the same number)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """The global batch of a per-rank tensor (gradients flow back to each rank's rows); `x` itself outside torchrun."""
+    return _AllGather.apply(x) if active() else x
+
+
+class SyncedBatchNorm(_BatchNorm):
+    """Batch norm whose training-mode statistics are those of the global batch across ranks.
+
+    Same parameters and buffers (and state-dict keys) as the batch norm it replaces; eval mode
+    uses the running statistics, exactly as nn.BatchNorm does.
+    """
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    @classmethod
+    def replacing(cls, bn: _BatchNorm) -> SyncedBatchNorm:
+        """A synced batch norm sharing `bn`'s parameter and buffer objects (optimisers keep working)."""
+        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            setattr(new, name, getattr(bn, name))
+        return new.train(bn.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not active():
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), x.new_tensor([x.numel() // x.shape[1]])]))
+        count = totals[-1].detach()
+        mean = totals[:-1] / count
+        centred = x - mean.view(shape)
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / count  # biased, as batch norm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * count / (count - 1), factor)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def sync_batch_norms(module: nn.Module) -> nn.Module:
+    """Replace every batch norm inside `module` (site-specific copies included) by a SyncedBatchNorm, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, _BatchNorm) and not isinstance(child, SyncedBatchNorm):
+            setattr(module, name, SyncedBatchNorm.replacing(child))
+        else:
+            sync_batch_norms(child)
+    return module
+
+
+class _LossOf(nn.Module):
+    """`method.update` up to its loss, as a module call: DDP syncs gradients only after its own forward.
+
+    Every method's update ends with one `self.step(loss)`; here that call hands the loss back instead,
+    and the caller takes the step after DDP's forward has returned.
+    """
+
+    def __init__(self, method: nn.Module):
+        super().__init__()
+        self.method = method
+
+    def forward(self, minibatches):
+        losses = []
+        self.method.step = losses.append  # shadows Method.step for this call only
+        try:
+            stats = self.method.update(minibatches)
+        finally:
+            del self.method.step
+        if len(losses) != 1:
+            raise RuntimeError(f"method {self.method.name!r} took {len(losses)} optimiser steps in one update, expected 1")
+        return losses[0], stats
+
+
+def _this_rank(minibatches, size: int, rank_: int, where: torch.device):
+    """This rank's rows of every site's batch, on its device and in the training memory layout."""
+    local = []
+    for batch in minibatches:
+        if batch is None:
+            local.append(None)
+            continue
+        x, y = batch
+        share = len(x) // size
+        rows = slice(rank_ * share, (rank_ + 1) * share)
+        local.append((prepare_input(x[rows], where), y[rows].to(where)))
+    return local
+
+
+def make_update(method: nn.Module) -> Callable[[list], dict[str, float]]:
+    """The function that trains `method` on one step's minibatches in this process; returns its stats.
+
+    Sets the memory layout (crosssite.runtime). Under torchrun it also syncs the batch norms, moves the
+    method to this rank's device, wraps it in DistributedDataParallel and trains on this rank's share
+    of each site's batch; the stats returned are averaged over ranks. Call it before loading an
+    optimiser state (the state must land on the method's device).
+    """
+    prepare_model(method)
+    if not active():
+        return lambda minibatches: method.update(_this_rank(minibatches, 1, 0, torch.device("cpu")))
+
+    size, rank_, where = world_size(), rank(), device()
+    if method.config.batch_per_site % size:
+        raise CrossSiteError(f"--batch-per-site {method.config.batch_per_site} does not split evenly "
+                             f"over {size} processes")
+    sync_batch_norms(method).to(where)
+    ddp = DistributedDataParallel(_LossOf(method), device_ids=[where] if where.type == "cuda" else None,
+                                  forward_sync_buffers=False)  # synced batch norms keep buffers equal
+
+    def update(minibatches) -> dict[str, float]:
+        loss, stats = ddp(_this_rank(minibatches, size, rank_, where))
+        finite = torch.tensor([float(torch.isfinite(loss.detach()))], device=where)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together, none waits in backward
+        if not finite.item():
+            raise DivergedError(f"loss became non-finite on at least one of {size} processes")
+        method.step(loss)
+        values = torch.tensor(list(stats.values()), dtype=torch.float64, device=where)
+        dist.all_reduce(values)
+        return dict(zip(stats, (values / size).tolist()))
+
+    return update

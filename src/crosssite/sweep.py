@@ -1,0 +1,222 @@
+"""Cross-validated sweeps: every (Table I row, fold, seed) job, resumable, one line per job.
+
+Sweep folder (`out`):
+  sweep.yaml      the sweep's settings (rows, folds, seeds, base config); a restart must match them
+  results.jsonl   one JSON line per job that ended: settings, status ("ok" or "failed"), error,
+                  wall time and per-site test metrics; `crosssite report` reads it
+  jobs/NAME/      one `crosssite train` run folder per job, NAME = ROW-foldF-seedS
+
+A restarted sweep skips finished jobs (metrics.json written and an "ok" line in results.jsonl),
+resumes an interrupted one from its last.pt and runs failed ones again. A finished job keeps
+best.pt (the tested weights) and drops last.pt, its resume state, which is three times larger.
+
+Jobs are planned by `plan` and run by `run_job`, which depends on nothing but its Job: one by one,
+or with `jobs=N` in N worker processes that share the CPU cores (each job has its own folder, and
+only this process appends to results.jsonl).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from .config import TrainConfig
+from .errors import CrossSiteError
+from .io import append_jsonl, atomic_write_text, read_jsonl
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of Table I: a method on a backbone, and how the report names it."""
+
+    name: str
+    display: str
+    method: str
+    backbone: str = "covidnet-redesign"
+
+
+#: Table I of Wang, Liu & Dou 2020, in the paper's order: the one list of rows the sweep runs
+ROWS = [
+    Row("single-covidnet", "Single (COVID-Net)", "single", "covidnet"),
+    Row("single-redesign", "Single (redesigned)", "single"),
+    Row("joint-covidnet", "Joint (COVID-Net)", "joint", "covidnet"),
+    Row("joint-redesign", "Joint (redesigned)", "joint"),
+    Row("series-adapter", "Series Adapter", "series-adapter"),
+    Row("parallel-adapter", "Parallel Adapter", "parallel-adapter"),
+    Row("ms-net", "MS-Net", "ms-net"),
+    Row("sepnorm", "SepNorm", "sepnorm"),
+    Row("contrastive", "Contrastive (ours)", "contrastive"),
+]
+ROW_BY_NAME = {r.name: r for r in ROWS}
+
+
+def select_rows(names: list[str]) -> list[Row]:
+    """Rows by name ("all" = every row), in Table I's order; a name may be a comma-separated list."""
+    wanted = [n for item in names for n in item.replace(",", " ").split()]
+    if wanted == ["all"]:
+        return list(ROWS)
+    unknown = [n for n in wanted if n not in ROW_BY_NAME]
+    if unknown or not wanted:
+        raise CrossSiteError(
+            f"unknown row(s) {', '.join(unknown) or '(none given)'} for --methods; known: all, {', '.join(ROW_BY_NAME)}"
+        )
+    return [r for r in ROWS if r.name in wanted]  # Table I's order, whatever the order given
+
+
+@dataclass(frozen=True)
+class Job:
+    row: Row
+    fold: int
+    seed: int
+    config: TrainConfig  # complete: method, backbone, fold, seed and out filled in
+
+    @property
+    def name(self) -> str:
+        return job_name(self.row.name, self.fold, self.seed)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.out)
+
+
+def job_name(row: str, fold: int, seed: int) -> str:
+    return f"{row}-fold{fold}-seed{seed}"
+
+
+def plan(base: TrainConfig, rows: list[Row], seeds: int, out: Path) -> list[Job]:
+    """Every (row, seed, fold) job, seeds outermost so that a stopped sweep has whole seeds done."""
+    jobs = []
+    for seed in range(seeds):
+        for row in rows:
+            for fold in range(base.folds):
+                name = job_name(row.name, fold, seed)
+                config = base.replace(
+                    method=row.method, backbone=row.backbone, fold=fold, seed=seed, out=str(out / "jobs" / name)
+                )
+                jobs.append(Job(row, fold, seed, config))
+    return jobs
+
+
+def finished(job: Job, records: list[dict]) -> bool:
+    return (job.folder / "metrics.json").exists() and any(
+        r["job"] == job.name and r["status"] == "ok" for r in records
+    )
+
+
+def run_job(job: Job) -> dict:
+    """Train one job in-process (resuming from its last.pt) and return its results.jsonl record."""
+    from .train import train
+
+    record = {
+        "job": job.name,
+        "row": job.row.name,
+        "method": job.row.method,
+        "backbone": job.row.backbone,
+        "fold": job.fold,
+        "seed": job.seed,
+        "folder": str(Path("jobs") / job.name),
+    }
+    started = time.time()
+    try:
+        metrics = train(job.config, resume=(job.folder / "last.pt").exists(), progress=False)
+    except Exception as e:  # a failed job is recorded and the sweep goes on; Ctrl-C still stops it
+        return {**record, "status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": round(time.time() - started, 2)}
+    return {
+        **record,
+        "status": "ok",
+        "seconds": round(time.time() - started, 2),
+        "best_epoch": metrics["best_epoch"],
+        "sites": metrics["sites"],
+    }
+
+
+def sweep_settings(base: TrainConfig, rows: list[Row], seeds: int) -> dict:
+    per_job = ("method", "backbone", "fold", "seed", "out")
+    return {
+        "rows": [r.name for r in rows],
+        "folds": base.folds,
+        "seeds": seeds,
+        "config": {k: v for k, v in base.to_dict().items() if k not in per_job},
+    }
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Write sweep.yaml, or check that a restarted sweep uses the settings it was started with."""
+    path = out / "sweep.yaml"
+    if path.exists():
+        saved = yaml.safe_load(path.read_text())
+        if saved != settings:
+            changed = [k for k in settings if k != "config" and saved.get(k) != settings[k]]
+            changed += [f"config.{k}" for k, v in settings["config"].items() if saved.get("config", {}).get(k) != v]
+            raise CrossSiteError(
+                f"{path}: this sweep was started with other settings ({', '.join(changed)}); "
+                "use the same flags or another --out"
+            )
+    else:
+        atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
+
+
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_all(todo: list[Job], workers: int) -> Iterator[tuple[Job, dict]]:
+    """(job, record) as jobs end: in this process, or in `workers` processes splitting the cores."""
+    if workers == 1:
+        yield from ((job, run_job(job)) for job in todo)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, get_context("spawn"), initializer=_limit_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_job, job): job for job in todo}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def run_sweep(
+    base: TrainConfig, rows: list[Row], seeds: int, out: Path, progress: bool = True, jobs: int = 1
+) -> list[dict]:
+    """Run every job not finished yet (`jobs` at a time); return the records written in this call."""
+    from .methods import METHODS
+
+    missing = sorted({r.method for r in rows} - set(METHODS))
+    if missing:
+        raise CrossSiteError(f"method(s) {', '.join(missing)} of Table I are not in the registry (known: {', '.join(METHODS)})")
+    base.validate()
+    if seeds < 1:
+        raise CrossSiteError(f"seeds must be at least 1, got {seeds}")
+    if jobs < 1:
+        raise CrossSiteError(f"--jobs must be at least 1, got {jobs}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, sweep_settings(base, rows, seeds))
+    results = out / "results.jsonl"
+    planned = plan(base, rows, seeds, out)
+    done = read_jsonl(results)
+    todo = [j for j in planned if not finished(j, done)]
+    written = []
+    bar = tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="job", disable=not progress)
+    with bar:
+        for job, record in _run_all(todo, jobs):
+            bar.set_postfix_str(job.name)
+            append_jsonl(results, record)
+            written.append(record)
+            if record["status"] == "ok":
+                (job.folder / "last.pt").unlink(missing_ok=True)
+            else:
+                bar.write(f"{job.name} failed: {record['error']}")
+            bar.update()
+    return written

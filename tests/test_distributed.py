@@ -1,0 +1,151 @@
+"""Two CPU processes (gloo) train what one process trains with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+
+from crosssite import distributed
+from crosssite import train as train_module
+from crosssite.config import TrainConfig
+from crosssite.data.sites import SAMPLE_DATA
+from crosssite.io import read_jsonl
+from crosssite.methods import METHODS, create_method
+
+STEPS = 3
+TINY = dict(image_size=32, width=0.0625, batch_per_site=8, lr=1e-3)
+
+
+def _minibatches(step: int):
+    """The global batch of a step: 8 images per site, both classes, sites on different scales."""
+    g = torch.Generator().manual_seed(step)
+    return [(torch.randn(8, 3, 32, 32, generator=g) * (1 + site) + site, torch.tensor([0, 1] * 4))
+            for site in range(2)]
+
+
+def _initial_state(name: str) -> dict:
+    torch.manual_seed(0)
+    return create_method(name, 2, TrainConfig(method=name, **TINY)).state_dict()
+
+
+def _train_steps(name: str):
+    """(gradients of the first step, weights and buffers after STEPS updates, per-step stats) from seed 0."""
+    torch.manual_seed(0)
+    method = create_method(name, 2, TrainConfig(method=name, **TINY))
+    method.train()
+    update = distributed.make_update(method)
+    stats = [update(_minibatches(0))]
+    grads = {k: p.grad.clone() for k, p in method.named_parameters()}
+    stats += [update(_minibatches(step)) for step in range(1, STEPS)]
+    return grads, {k: v.detach().clone() for k, v in method.state_dict().items()}, stats
+
+
+def _steps_worker(rank: int, store: str, out: str):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    results = {name: _train_steps(name) for name in sorted(METHODS)}
+    torch.save(results, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_two_processes_take_the_same_steps_as_one(tmp_path):
+    """Each rank holds 4 + 4 of the 8 + 8 images of a step; every method, every rank.
+
+    Gradients and losses agree to float rounding. Raw weights agree to a small fraction of how far
+    they moved, not elementwise: Adam divides each gradient by its own running magnitude, so where
+    the exact gradient is zero (a conv bias right before a batch norm) it turns the rounding noise
+    of summing 4 + 4 instead of 8 rows into full-size steps in either direction.
+    """
+    mp.spawn(_steps_worker, args=(str(tmp_path / "store"), str(tmp_path / "result")), nprocs=2)
+    ranks = [torch.load(tmp_path / f"result.{r}", weights_only=True) for r in range(2)]
+    for name in sorted(METHODS):
+        single_grads, single_state, single_stats = _train_steps(name)
+        start = _initial_state(name)
+        floats = [k for k, v in single_state.items() if v.is_floating_point()]
+        moved = sum((single_state[k] - start[k]).abs().sum() for k in floats)
+        assert moved > 0
+        largest = max(g.abs().max() for g in single_grads.values())
+        for grads, state, stats in (ranks[0][name], ranks[1][name]):
+            for k, g in single_grads.items():
+                torch.testing.assert_close(grads[k], g, rtol=1e-3, atol=1e-4 * largest, msg=f"{name}: grad {k}")
+            for got, want in zip(stats, single_stats, strict=True):
+                assert got == pytest.approx(want, rel=1e-3, abs=1e-4), name
+            assert state.keys() == single_state.keys()
+            apart = sum((state[k] - single_state[k]).abs().sum() for k in floats)
+            assert apart < 1e-2 * moved, f"{name}: weights {apart / moved:.2%} of their change apart"
+        # the batch norms were synced: both ranks hold the same running statistics
+        for k in floats:
+            if "running" in k:
+                torch.testing.assert_close(ranks[0][name][1][k], ranks[1][name][1][k], rtol=0, atol=0)
+
+
+def _cli_run(tmp_path, name: str, launcher: list[str]) -> None:
+    flags = ["train", "--data", str(SAMPLE_DATA), "--image-size", "32", "--width", "0.125", "--epochs", "1",
+             "--method", "contrastive", "--quiet", "--out", str(tmp_path / name)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*launcher, *flags], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_torchrun_writes_what_one_process_writes(tmp_path):
+    single = _cli_run(tmp_path, "single", [sys.executable, "-m", "crosssite"])
+    both = _cli_run(tmp_path, "torchrun", [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                                           "--master-port", "0", "-m", "crosssite"])
+    assert both.count("test metrics of") == 1  # only rank 0 prints
+    one, two = tmp_path / "single", tmp_path / "torchrun"
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
+    config = [yaml.safe_load((d / "config.yaml").read_text()) for d in (one, two)]
+    assert {**config[0], "out": ""} == {**config[1], "out": ""}
+    assert (one / "split.json").read_text() == (two / "split.json").read_text()
+    logs = [read_jsonl(d / "train_log.jsonl") for d in (one, two)]
+    assert len(logs[0]) == len(logs[1]) == 1
+    for key in ("loss", "ce", "contrastive"):
+        assert logs[1][0][key] == pytest.approx(logs[0][0][key], rel=1e-4)
+    weights = [torch.load(d / "last.pt", weights_only=True)["model"] for d in (one, two)]
+    for k, v in weights[0].items():
+        torch.testing.assert_close(weights[1][k], v, rtol=1e-4, atol=2e-5, msg=k)
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (one, two)]
+    for site, m in metrics[0]["sites"].items():
+        assert metrics[1]["sites"][site]["auc"] == pytest.approx(m["auc"], abs=1e-3)
+
+
+def _resume_worker(rank: int, store: str, out: str):
+    """Train 2 epochs under 2 processes, killed after the first one, then resumed."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    config = TrainConfig(method="contrastive", data=str(SAMPLE_DATA), epochs=2, out=out, **TINY)
+    real_evaluate = train_module.evaluate_part
+
+    def evaluate_then_die(*args, **kwargs):
+        if (train_module.Path(out) / "last.pt").exists():
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    train_module.evaluate_part = evaluate_then_die
+    try:
+        train_module.train(config, progress=False)
+    except KeyboardInterrupt:
+        pass
+    distributed.barrier()
+    train_module.evaluate_part = real_evaluate
+    train_module.train(config, resume=True, progress=False)
+    dist.destroy_process_group()
+
+
+def test_two_processes_resume_a_killed_run(tmp_path):
+    mp.spawn(_resume_worker, args=(str(tmp_path / "store"), str(tmp_path / "killed")), nprocs=2)
+    whole = tmp_path / "whole"
+    train_module.train(TrainConfig(method="contrastive", data=str(SAMPLE_DATA), epochs=2, out=str(whole), **TINY),
+                       progress=False)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "killed" / "train_log.jsonl")] == [1, 2]
+    want = torch.load(whole / "last.pt", weights_only=True)["model"]
+    got = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["model"]
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-4, atol=5e-5, msg=k)

@@ -1,0 +1,110 @@
+"""Reports of a tiny real sweep: files written, Table I and the t-tests recomputed, missing jobs named."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.stats import ttest_rel
+
+from crosssite import cli
+from crosssite.config import TrainConfig
+from crosssite.data.sites import SAMPLE_DATA
+from crosssite.report import write_report
+from crosssite.io import read_jsonl
+from crosssite.sweep import ROW_BY_NAME, run_sweep
+
+SITES = ["sars-cov-2-ct", "covid-ct"]
+TINY = dict(data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3, epochs=1, folds=2)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """joint-redesign and contrastive, 2 folds x 2 seeds: 8 real jobs, so the t-tests have 4 pairs."""
+    out = tmp_path_factory.mktemp("sweep")
+    rows = [ROW_BY_NAME["joint-redesign"], ROW_BY_NAME["contrastive"]]
+    run_sweep(TrainConfig(**TINY), rows, seeds=2, out=out, progress=False)
+    return out
+
+
+@pytest.fixture()
+def reported(sweep, tmp_path):
+    folder = tmp_path / "sweep"
+    shutil.copytree(sweep, folder)
+    return folder
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_writes_markdown_csv_latex_and_figures(reported):
+    assert cli.main(["report", str(reported)]) == 0
+    for stem in ("table1", "table2", "table3"):
+        assert (reported / "tables" / f"{stem}.csv").exists() and (reported / "tables" / f"{stem}.tex").exists()
+    figures = [f"fig3_roc_{s}.png" for s in SITES] + [f"fig{4 + i}_gradcam_{s}.png" for i, s in enumerate(SITES)]
+    for name in figures:
+        assert Image.open(reported / "figures" / name).size[0] > 300
+    text = (reported / "report.md").read_text()
+    assert all(f"(figures/{name})" in text for name in figures)
+    assert "8 of 8 planned jobs finished" in text and "None: every planned job finished." in text
+    assert "ttest_rel" in text and "AUC" in text
+    assert "\\begin{tabular}" in (reported / "tables" / "table1.tex").read_text()
+
+
+def test_table1_is_the_mean_and_std_of_the_jobs_in_percent(reported):
+    write_report(reported)
+    lines = read_jsonl(reported / "results.jsonl")
+    entries = read_csv(reported / "tables" / "table1.csv")
+    cell = next(e for e in entries if e["row"] == "contrastive" and e["site"] == "covid-ct" and e["metric"] == "f1")
+    values = [100 * r["sites"]["covid-ct"]["f1"] for r in lines if r["row"] == "contrastive"]
+    assert int(cell["n"]) == 4
+    assert float(cell["mean"]) == pytest.approx(np.mean(values))
+    assert float(cell["std"]) == pytest.approx(np.std(values, ddof=1))
+    for site in SITES:  # exactly the best mean of each column is bold
+        for metric in ("accuracy", "auc"):
+            column = [e for e in entries if e["site"] == site and e["metric"] == metric]
+            best = max(column, key=lambda e: float(e["mean"]))
+            assert best["best"] == "True"
+
+
+def test_t_tests_match_scipy_on_the_per_job_aucs(reported):
+    write_report(reported)
+    lines = read_jsonl(reported / "results.jsonl")
+    auc = {(r["row"], r["fold"], r["seed"], s): r["sites"][s]["auc"] for r in lines for s in SITES}
+    tests = read_csv(reported / "tables" / "table2.csv")
+    assert {t["site"] for t in tests} == set(SITES) and {t["row"] for t in tests} == {"joint-redesign"}
+    for t in tests:
+        keys = [(f, s) for f in (0, 1) for s in (0, 1)]
+        ours = [auc["contrastive", f, s, t["site"]] for f, s in keys]
+        theirs = [auc["joint-redesign", f, s, t["site"]] for f, s in keys]
+        expected = ttest_rel(ours, theirs)
+        assert t["metric"] == "auc" and int(t["n_pairs"]) == 4
+        assert float(t["p"]) == pytest.approx(expected.pvalue, rel=1e-12)
+        assert float(t["t"]) == pytest.approx(expected.statistic, rel=1e-12)
+    assert read_csv(reported / "tables" / "table3.csv") == []  # no comparison methods in this sweep
+
+
+def test_missing_and_failed_jobs_are_named(reported):
+    results = reported / "results.jsonl"
+    lines = read_jsonl(results)
+    dropped, failed = lines[0]["job"], lines[6]["job"]  # a joint-redesign and a contrastive job
+    kept = [r for r in lines if r["job"] != dropped]
+    kept.append({**lines[6], "status": "failed", "error": "DivergedError: loss became nan"})  # the last line counts
+    results.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    write_report(reported)
+    text = (reported / "report.md").read_text()
+    assert f"- missing (never finished): `{dropped}`" in text
+    assert f"- failed: `{failed}`: DivergedError: loss became nan" in text
+    assert "6 of 8 planned jobs finished" in text
+    cells = read_csv(reported / "tables" / "table1.csv")
+    assert {int(e["n"]) for e in cells} == {3}
+    assert {int(t["n_pairs"]) for t in read_csv(reported / "tables" / "table2.csv")} == {2}
+
+
+def test_report_of_a_folder_that_is_no_sweep_is_an_error(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "no sweep.yaml" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""The command line re-executes itself once with glibc's malloc tunables; opting out and user settings are kept."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from crosssite.runtime import MALLOC_TUNABLES, MARKER, OPT_OUT, prepare_input, prepare_model, tuned_environment
+
+WANTED = ":".join(f"{k}={v}" for k, v in MALLOC_TUNABLES.items())
+# what the child reports: its environment variable and how often this code ran in this PID's lifetime
+CHILD = (
+    "import os, sys; from crosssite.runtime import ensure_malloc_tuning; "
+    "print('run', os.getpid(), flush=True); ensure_malloc_tuning(); "
+    "print('tunables', os.environ.get('GLIBC_TUNABLES', ''))"
+)
+
+
+def _run(env_changes: dict) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", MARKER, OPT_OUT)}
+    env.update(env_changes)
+    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.splitlines()
+
+
+glibc = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+
+
+@glibc
+def test_child_sees_the_tunables_after_one_re_exec():
+    lines = _run({})
+    runs = [line for line in lines if line.startswith("run")]
+    assert len(runs) == 2 and runs[0] == runs[1]  # executed twice, in the same process (exec keeps the PID)
+    assert lines[-1] == f"tunables {WANTED}"
+
+
+@glibc
+def test_opt_out_and_complete_settings_do_not_re_exec():
+    lines = _run({OPT_OUT: "1"})
+    assert lines == [lines[0], "tunables "]
+    lines = _run({"GLIBC_TUNABLES": WANTED})
+    assert len(lines) == 2 and lines[-1] == f"tunables {WANTED}"
+
+
+def test_user_settings_are_kept_and_completed():
+    env = tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=5:glibc.cpu.x86_ibt=on"})
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.mmap_max=5:glibc.cpu.x86_ibt=on:glibc.malloc.trim_threshold=34359738368"
+    assert env[MARKER] == "1"
+    assert tuned_environment(env) is None  # never a second time, even if glibc ignored the settings
+
+
+def test_channels_last_layout_keeps_values_and_parameters():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    weight = conv.weight
+    prepare_model(conv)
+    assert conv.weight is weight and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8)
+    y = prepare_input(x)
+    assert torch.equal(x, y) and y.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,150 @@
+"""Sweeps on the shipped sample: one results line per job, restart after a kill, failed jobs recorded."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crosssite import cli
+from crosssite import train as train_module
+from crosssite.config import TrainConfig
+from crosssite.data.sites import SAMPLE_DATA
+from crosssite.errors import CrossSiteError
+from crosssite.presets import PRESETS
+from crosssite.io import read_jsonl
+from crosssite.sweep import ROW_BY_NAME, ROWS, Row, run_sweep, select_rows
+
+TINY = dict(data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3, epochs=1, folds=2)
+TWO_ROWS = [ROW_BY_NAME["joint-redesign"], ROW_BY_NAME["contrastive"]]
+JOBS = [f"{row}-fold{fold}-seed0" for row in ("joint-redesign", "contrastive") for fold in (0, 1)]
+
+
+def count_trainings(monkeypatch, fail=None):
+    """Wrap train(): record (job, resume) per call; `fail(job, calls)` may raise instead of training."""
+    calls = []
+    real_train = train_module.train
+
+    def counted(config, resume=False, progress=True):
+        job = Path(config.out).name
+        calls.append((job, resume))
+        if fail:
+            fail(job, calls)
+        return real_train(config, resume=resume, progress=progress)
+
+    monkeypatch.setattr(train_module, "train", counted)
+    return calls
+
+
+def test_sweep_runs_every_job_once_and_writes_one_line_each(tmp_path, monkeypatch):
+    calls = count_trainings(monkeypatch)
+    written = run_sweep(TrainConfig(**TINY), TWO_ROWS, seeds=1, out=tmp_path, progress=False)
+    lines = read_jsonl(tmp_path / "results.jsonl")
+    assert [r["job"] for r in lines] == JOBS == [job for job, _ in calls]
+    assert lines == written
+    for r in lines:
+        assert r["status"] == "ok" and r["seconds"] > 0
+        assert set(r["sites"]) == {"sars-cov-2-ct", "covid-ct"}
+        folder = tmp_path / r["folder"]
+        assert json.loads((folder / "metrics.json").read_text())["sites"] == r["sites"]
+        assert (folder / "predictions.csv").exists() and (folder / "best.pt").exists()
+        assert not (folder / "last.pt").exists()  # resume state dropped once the job is recorded
+        assert yaml.safe_load((folder / "config.yaml").read_text())["fold"] == r["fold"]
+    assert run_sweep(TrainConfig(**TINY), TWO_ROWS, seeds=1, out=tmp_path, progress=False) == []
+    assert len(calls) == 4
+
+
+def test_interrupted_sweep_resumes_the_cut_job_and_runs_nothing_twice(tmp_path, monkeypatch):
+    config = TrainConfig(**{**TINY, "epochs": 2})
+    real_evaluate = train_module.evaluate_part
+    state = {"validations": 0}
+
+    def evaluate_then_die(method, data, part, batch_size):
+        if part == "val" and len(calls) == 3:  # the 3rd job: die in epoch 2, after epoch 1's last.pt
+            state["validations"] += 1
+            if state["validations"] == 2:
+                raise KeyboardInterrupt
+        return real_evaluate(method, data, part, batch_size)
+
+    calls = count_trainings(monkeypatch)
+    monkeypatch.setattr(train_module, "evaluate_part", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, TWO_ROWS, seeds=1, out=tmp_path, progress=False)
+    assert len(read_jsonl(tmp_path / "results.jsonl")) == 2
+    cut = tmp_path / "jobs" / JOBS[2]
+    assert (cut / "last.pt").exists() and not (cut / "metrics.json").exists()
+
+    run_sweep(config, TWO_ROWS, seeds=1, out=tmp_path, progress=False)
+    assert calls == [(JOBS[0], False), (JOBS[1], False), (JOBS[2], False), (JOBS[2], True), (JOBS[3], False)]
+    assert [r["job"] for r in read_jsonl(tmp_path / "results.jsonl")] == JOBS
+    epochs = [json.loads(line)["epoch"] for line in (cut / "train_log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]  # epoch 1 was not trained again
+
+
+def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    def fail(job, calls):
+        if job == JOBS[1]:
+            raise CrossSiteError("the data went away")
+        if job == JOBS[2]:
+            raise RuntimeError("a bug")
+
+    count_trainings(monkeypatch, fail)
+    run_sweep(TrainConfig(**TINY), TWO_ROWS, seeds=1, out=tmp_path, progress=False)
+    lines = {r["job"]: r for r in read_jsonl(tmp_path / "results.jsonl")}
+    assert list(lines) == JOBS
+    assert [lines[j]["status"] for j in JOBS] == ["ok", "failed", "failed", "ok"]
+    assert lines[JOBS[1]]["error"] == "CrossSiteError: the data went away"
+    assert lines[JOBS[2]]["error"] == "RuntimeError: a bug"
+
+    calls = count_trainings(monkeypatch)  # a restart retries the failed jobs only
+    run_sweep(TrainConfig(**TINY), TWO_ROWS, seeds=1, out=tmp_path, progress=False)
+    assert [job for job, _ in calls] == JOBS[1:3]
+
+
+def test_restart_with_other_settings_is_refused(tmp_path):
+    run_sweep(TrainConfig(**TINY), TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False)
+    with pytest.raises(CrossSiteError, match="config.epochs"):
+        run_sweep(TrainConfig(**{**TINY, "epochs": 3}), TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False)
+
+
+def test_rows_are_selected_by_name_and_unknown_ones_are_named():
+    assert select_rows(["all"]) == ROWS
+    assert select_rows(["contrastive,joint-covidnet", "sepnorm", "contrastive"]) == [
+        ROW_BY_NAME["joint-covidnet"], ROW_BY_NAME["sepnorm"], ROW_BY_NAME["contrastive"]
+    ]
+    with pytest.raises(CrossSiteError, match="nope"):
+        select_rows(["contrastive", "nope"])
+
+
+def test_a_row_whose_method_is_not_registered_is_a_clear_error(tmp_path):
+    with pytest.raises(CrossSiteError, match="no-such-method"):
+        run_sweep(TrainConfig(**TINY), [Row("x", "X", "no-such-method")], seeds=1, out=tmp_path, progress=False)
+
+
+def test_cli_sweep_flags_override_the_preset(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--preset", "cpu", "--data", str(SAMPLE_DATA), "--methods", "joint-redesign", "--folds", "2",
+            "--epochs", "1", "--image-size", "32", "--width", "0.125", "--batch-per-site", "8", "--out", str(out),
+            "--quiet"]
+    assert cli.main(argv) == 0
+    settings = yaml.safe_load((out / "sweep.yaml").read_text())
+    assert settings["rows"] == ["joint-redesign"] and settings["folds"] == 2 and settings["seeds"] == 1
+    flags = dict(data=str(SAMPLE_DATA), folds=2, epochs=1, image_size=32, width=0.125, batch_per_site=8)
+    expected = PRESETS["cpu"].config.replace(**flags).to_dict()
+    assert settings["config"] == {k: v for k, v in expected.items() if k not in ("method", "backbone", "fold", "seed", "out")}
+    assert len(read_jsonl(out / "results.jsonl")) == 2
+    assert "2 job(s) run, 0 failed" in capsys.readouterr().out
+
+
+def test_parallel_workers_run_every_job_once_in_its_own_folder(tmp_path):
+    """--jobs 2: two worker processes; every job ends once, in its own folder, one results line each."""
+    config = TrainConfig(
+        data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3, epochs=1, folds=2
+    )
+    records = run_sweep(config, select_rows(["joint-redesign,sepnorm"]), 1, tmp_path, progress=False, jobs=2)
+    assert sorted(r["job"] for r in records) == sorted(
+        f"{row}-fold{f}-seed0" for row in ("joint-redesign", "sepnorm") for f in range(2)
+    )
+    assert all(r["status"] == "ok" for r in records)
+    assert len(read_jsonl(tmp_path / "results.jsonl")) == 4
+    assert all((tmp_path / r["folder"] / "metrics.json").exists() for r in records)
