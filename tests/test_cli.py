@@ -103,3 +103,14 @@ def test_missing_data_folder(tmp_path, capsys):
 def test_invalid_image_size(tmp_path, capsys):
     err = error_of(capsys, ["train", "--data", str(SAMPLE_DATA), "--image-size", "100", "--out", str(tmp_path / "o")])
     assert "image_size" in err
+
+
+def test_unknown_or_missing_device_is_a_clear_error(tmp_path, capsys):
+    args = ["train", "--data", str(SAMPLE_DATA), *TINY_FLAGS, "--epochs", "1", "--out", str(tmp_path / "o")]
+    err = error_of(capsys, args + ["--device", "tpu:7"])
+    assert "device" in err
+    import torch
+
+    if not torch.cuda.is_available():
+        err = error_of(capsys, args + ["--device", "cuda"] + ["--out", str(tmp_path / "p")])
+        assert "no CUDA GPU" in err

@@ -1,7 +1,8 @@
 """Two CPU processes (gloo) train what one process trains with the same global batch."""
 
-import json
+import csv
 import os
+import signal
 import subprocess
 import sys
 
@@ -46,15 +47,24 @@ def _train_steps(name: str):
     return grads, {k: v.detach().clone() for k, v in method.state_dict().items()}, stats
 
 
-def _steps_worker(rank: int, store: str, out: str):
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+def _worker(rank: int, out: str):
+    """One of 2 CPU processes: the steps of every method, then a killed and resumed training run."""
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=2)
     torch.set_num_threads(1)
-    results = {name: _train_steps(name) for name in sorted(METHODS)}
-    torch.save(results, f"{out}.{rank}")
+    torch.save({name: _train_steps(name) for name in sorted(METHODS)}, f"{out}/steps.{rank}")
+    _train_killed_and_resumed(out)
     dist.destroy_process_group()
 
 
-def test_two_processes_take_the_same_steps_as_one(tmp_path):
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The folder the 2 workers wrote to (spawned once: starting processes is the slow part)."""
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(str(out),), nprocs=2)
+    return out
+
+
+def test_two_processes_take_the_same_steps_as_one(two_processes):
     """Each rank holds 4 + 4 of the 8 + 8 images of a step; every method, every rank.
 
     Gradients and losses agree to float rounding. Raw weights agree to a small fraction of how far
@@ -62,8 +72,7 @@ def test_two_processes_take_the_same_steps_as_one(tmp_path):
     the exact gradient is zero (a conv bias right before a batch norm) it turns the rounding noise
     of summing 4 + 4 instead of 8 rows into full-size steps in either direction.
     """
-    mp.spawn(_steps_worker, args=(str(tmp_path / "store"), str(tmp_path / "result")), nprocs=2)
-    ranks = [torch.load(tmp_path / f"result.{r}", weights_only=True) for r in range(2)]
+    ranks = [torch.load(two_processes / f"steps.{r}", weights_only=True) for r in range(2)]
     for name in sorted(METHODS):
         single_grads, single_state, single_stats = _train_steps(name)
         start = _initial_state(name)
@@ -85,67 +94,77 @@ def test_two_processes_take_the_same_steps_as_one(tmp_path):
                 torch.testing.assert_close(ranks[0][name][1][k], ranks[1][name][1][k], rtol=0, atol=0)
 
 
-def _cli_run(tmp_path, name: str, launcher: list[str]) -> None:
+def _cli_run(tmp_path, name: str, launcher: list[str]) -> str:
     flags = ["train", "--data", str(SAMPLE_DATA), "--image-size", "32", "--width", "0.125", "--epochs", "1",
              "--method", "contrastive", "--quiet", "--out", str(tmp_path / name)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*launcher, *flags], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    # its own process group, so that a hung run's workers are killed with it
+    proc = subprocess.Popen([*launcher, *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout
 
 
 def test_torchrun_writes_what_one_process_writes(tmp_path):
     single = _cli_run(tmp_path, "single", [sys.executable, "-m", "crosssite"])
-    both = _cli_run(tmp_path, "torchrun", [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                                           "--master-port", "0", "-m", "crosssite"])
+    both = _cli_run(tmp_path, "torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                           "--nproc-per-node", "2", "-m", "crosssite"])
     assert both.count("test metrics of") == 1  # only rank 0 prints
     one, two = tmp_path / "single", tmp_path / "torchrun"
     assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
     config = [yaml.safe_load((d / "config.yaml").read_text()) for d in (one, two)]
     assert {**config[0], "out": ""} == {**config[1], "out": ""}
     assert (one / "split.json").read_text() == (two / "split.json").read_text()
+    # 6 steps apart, the two runs differ by float rounding amplified by Adam (see the test above)
     logs = [read_jsonl(d / "train_log.jsonl") for d in (one, two)]
     assert len(logs[0]) == len(logs[1]) == 1
     for key in ("loss", "ce", "contrastive"):
-        assert logs[1][0][key] == pytest.approx(logs[0][0][key], rel=1e-4)
+        assert logs[1][0][key] == pytest.approx(logs[0][0][key], rel=1e-2)
+    predictions = [list(csv.DictReader((d / "predictions.csv").open())) for d in (one, two)]
+    assert [r["path"] for r in predictions[0]] == [r["path"] for r in predictions[1]]
+    assert max(abs(float(a["p_covid"]) - float(b["p_covid"])) for a, b in zip(*predictions)) < 2e-3
     weights = [torch.load(d / "last.pt", weights_only=True)["model"] for d in (one, two)]
-    for k, v in weights[0].items():
-        torch.testing.assert_close(weights[1][k], v, rtol=1e-4, atol=2e-5, msg=k)
-    metrics = [json.loads((d / "metrics.json").read_text()) for d in (one, two)]
-    for site, m in metrics[0]["sites"].items():
-        assert metrics[1]["sites"][site]["auc"] == pytest.approx(m["auc"], abs=1e-3)
+    torch.manual_seed(0)  # the initial weights, as train() makes them
+    start = create_method("contrastive", 2, TrainConfig(**config[0])).state_dict()
+    floats = [k for k, v in start.items() if v.is_floating_point()]
+    moved = sum((weights[0][k] - start[k]).abs().sum() for k in floats)
+    assert sum((weights[1][k] - weights[0][k]).abs().sum() for k in floats) < 3e-2 * moved
 
 
-def _resume_worker(rank: int, store: str, out: str):
-    """Train 2 epochs under 2 processes, killed after the first one, then resumed."""
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    config = TrainConfig(method="contrastive", data=str(SAMPLE_DATA), epochs=2, out=out, **TINY)
+def _train_killed_and_resumed(out: str):
+    """Train 2 epochs in `out`/whole; and in `out`/killed, killed after epoch 1 and resumed."""
+    config = TrainConfig(method="contrastive", data=str(SAMPLE_DATA), epochs=2, **TINY)
+    train_module.train(config.replace(out=f"{out}/whole"), progress=False)
+    killed = config.replace(out=f"{out}/killed")
     real_evaluate = train_module.evaluate_part
+    calls = []
 
-    def evaluate_then_die(*args, **kwargs):
-        if (train_module.Path(out) / "last.pt").exists():
+    def evaluate_then_die(*args, **kwargs):  # every rank dies in the validation of epoch 2
+        calls.append(1)
+        if len(calls) == 2:
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
     train_module.evaluate_part = evaluate_then_die
     try:
-        train_module.train(config, progress=False)
+        train_module.train(killed, progress=False)
     except KeyboardInterrupt:
         pass
+    finally:
+        train_module.evaluate_part = real_evaluate
     distributed.barrier()
-    train_module.evaluate_part = real_evaluate
-    train_module.train(config, resume=True, progress=False)
-    dist.destroy_process_group()
+    train_module.train(killed, resume=True, progress=False)
 
 
-def test_two_processes_resume_a_killed_run(tmp_path):
-    mp.spawn(_resume_worker, args=(str(tmp_path / "store"), str(tmp_path / "killed")), nprocs=2)
-    whole = tmp_path / "whole"
-    train_module.train(TrainConfig(method="contrastive", data=str(SAMPLE_DATA), epochs=2, out=str(whole), **TINY),
-                       progress=False)
-    assert [r["epoch"] for r in read_jsonl(tmp_path / "killed" / "train_log.jsonl")] == [1, 2]
-    want = torch.load(whole / "last.pt", weights_only=True)["model"]
-    got = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["model"]
-    for k, v in want.items():
-        torch.testing.assert_close(got[k], v, rtol=1e-4, atol=5e-5, msg=k)
+def test_two_processes_resume_a_killed_run(two_processes):
+    assert [r["epoch"] for r in read_jsonl(two_processes / "killed" / "train_log.jsonl")] == [1, 2]
+    whole, resumed = (torch.load(two_processes / d / "last.pt", weights_only=True)["model"] for d in ("whole", "killed"))
+    assert whole.keys() == resumed.keys()
+    for k, v in whole.items():
+        torch.testing.assert_close(resumed[k], v, rtol=0, atol=0, msg=k)

@@ -60,3 +60,25 @@ def test_channels_last_layout_keeps_values_and_parameters():
     x = torch.randn(2, 3, 8, 8)
     y = prepare_input(x)
     assert torch.equal(x, y) and y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_training_step_in_channels_last_matches_the_plain_step():
+    """make_update (channels_last) and method.update on NCHW tensors: same loss, same gradients."""
+    from crosssite.config import TrainConfig
+    from crosssite.distributed import make_update
+    from crosssite.methods import create_method
+
+    def method():
+        torch.manual_seed(0)
+        return create_method("contrastive", 2, TrainConfig(image_size=64, width=0.125))
+
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 64, 64, generator=g), torch.tensor([0, 1, 0, 1])) for _ in range(2)]
+    plain, ours = method(), method()
+    want = plain.update(batches)
+    got = make_update(ours)(batches)
+    assert got == pytest.approx(want, rel=1e-5)
+    largest = max(p.grad.abs().max() for p in plain.parameters())
+    for (name, p), q in zip(plain.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5 * largest, msg=name)
+    assert ours.net.stem[0].weight.is_contiguous(memory_format=torch.channels_last)

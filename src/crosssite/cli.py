@@ -97,7 +97,7 @@ def cmd_train(args) -> None:
     if config.data is None and not config.sites:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH (or run `crosssite demo`)")
     with distributed.launched():  # under torchrun: one of several processes (crosssite.distributed)
-        metrics = train(config, resume=args.resume, progress=not args.quiet)
+        metrics = train(config, resume=args.resume, progress=not args.quiet, device=args.device)
         if not distributed.is_main():
             return
     print(f"test metrics of {Path(config.out) / 'best.pt'} (epoch {metrics['best_epoch']}):")
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML settings file (e.g. a run's config.yaml); flags override it")
     add_setting_flags(train)
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument(
+        "--device", default="auto", help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 

@@ -58,11 +58,20 @@ def barrier() -> None:
         dist.barrier()
 
 
-def device() -> torch.device:
-    """This rank's device: its GPU under torchrun with nccl, else the CPU."""
-    if active() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+def device(requested: str = "auto") -> torch.device:
+    """Where this process trains: its rank's GPU under torchrun with nccl; else `requested`
+    ("auto": the current CUDA GPU when there is one, otherwise the CPU)."""
+    if active():
+        return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    if requested == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        where = torch.device(requested)
+    except RuntimeError:
+        raise CrossSiteError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise CrossSiteError(f"device {requested!r} asked for, but this PyTorch sees no CUDA GPU")
+    return where
 
 
 @contextlib.contextmanager
@@ -173,26 +182,14 @@ def sync_batch_norms(module: nn.Module) -> nn.Module:
 
 
 class _LossOf(nn.Module):
-    """`method.update` up to its loss, as a module call: DDP syncs gradients only after its own forward.
-
-    Every method's update ends with one `self.step(loss)`; here that call hands the loss back instead,
-    and the caller takes the step after DDP's forward has returned.
-    """
+    """`method.loss` as a module call: DistributedDataParallel syncs gradients only after its own forward."""
 
     def __init__(self, method: nn.Module):
         super().__init__()
         self.method = method
 
     def forward(self, minibatches):
-        losses = []
-        self.method.step = losses.append  # shadows Method.step for this call only
-        try:
-            stats = self.method.update(minibatches)
-        finally:
-            del self.method.step
-        if len(losses) != 1:
-            raise RuntimeError(f"method {self.method.name!r} took {len(losses)} optimiser steps in one update, expected 1")
-        return losses[0], stats
+        return self.method.loss(minibatches)
 
 
 def _this_rank(minibatches, size: int, rank_: int, where: torch.device):
@@ -209,19 +206,20 @@ def _this_rank(minibatches, size: int, rank_: int, where: torch.device):
     return local
 
 
-def make_update(method: nn.Module) -> Callable[[list], dict[str, float]]:
+def make_update(method: nn.Module, requested_device: str = "auto") -> Callable[[list], dict[str, float]]:
     """The function that trains `method` on one step's minibatches in this process; returns its stats.
 
-    Sets the memory layout (crosssite.runtime). Under torchrun it also syncs the batch norms, moves the
-    method to this rank's device, wraps it in DistributedDataParallel and trains on this rank's share
-    of each site's batch; the stats returned are averaged over ranks. Call it before loading an
-    optimiser state (the state must land on the method's device).
+    Sets the memory layout (crosssite.runtime) and moves the method to its device (see `device`).
+    Under torchrun it also syncs the batch norms, wraps the method in DistributedDataParallel and
+    trains on this rank's share of each site's batch; the stats returned are averaged over ranks.
+    Call it before loading an optimiser state (the state must land on the method's device).
     """
-    prepare_model(method)
+    where = device(requested_device)
+    prepare_model(method).to(where)
     if not active():
-        return lambda minibatches: method.update(_this_rank(minibatches, 1, 0, torch.device("cpu")))
+        return lambda minibatches: method.update(_this_rank(minibatches, 1, 0, where))
 
-    size, rank_, where = world_size(), rank(), device()
+    size, rank_ = world_size(), rank()
     if method.config.batch_per_site % size:
         raise CrossSiteError(f"--batch-per-site {method.config.batch_per_site} does not split evenly "
                              f"over {size} processes")

@@ -64,8 +64,9 @@ class InferenceNetwork(nn.Module):
         super().__init__()
         self.net = prepare_model(net)
         self.device = next(net.parameters()).device
-        # compiling takes minutes on a CPU; it pays only for long prediction jobs (README "Speed")
-        self.run = torch.compile(self.net) if compile else self.net
+        # freezing: the weights are constants, so inductor can pre-pack them for oneDNN. Compiling takes
+        # a while on a CPU and pays only for long prediction jobs (README "Speed")
+        self.run = torch.compile(self.net, options={"freezing": True}) if compile else self.net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(prepare_input(x, self.device))

@@ -130,9 +130,10 @@ def _resume_state(out: Path, method, scheduler) -> tuple[int, float]:
     return epoch, float(ckpt["best_val_auc"])
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, device: str = "auto") -> dict:
     """Train `config.method` on the sites, keep the best validation checkpoint, test it; return metrics.json."""
     config.validate()
+    distributed.device(device)  # a bad --device fails before anything is written
     out = Path(config.out)
     if not resume and (out / "last.pt").exists():
         raise CrossSiteError(f"{out}: holds a run already; pass --resume to continue it or choose another --out")
@@ -149,7 +150,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     data = prepare_data(config, out, resume, progress)
     _seed_everything(config.seed)
     method = create_method(config.method, len(data.sites), config)
-    update = distributed.make_update(method)  # channels_last; under torchrun: this rank's share, DDP
+    update = distributed.make_update(method, device)  # channels_last; under torchrun: this rank's share, DDP
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(method.optimizer, T_max=config.epochs, eta_min=0.0)
     start_epoch, best_auc = _resume_state(out, method, scheduler) if resume else (0, -math.inf)
 
@@ -213,14 +214,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     if not (out / "best.pt").exists():  # validation AUC undefined every epoch: fall back to the last epoch
         save_checkpoint(out / "best.pt", method, config, names, epoch=config.epochs, val_mean_auc=float("nan"))
     distributed.barrier()  # torchrun: rank 0 has written best.pt
-    return test_best(config, data, out)
+    return test_best(config, data, out, device)
 
 
-def test_best(config: TrainConfig, data: RunData, out: Path) -> dict:
+def test_best(config: TrainConfig, data: RunData, out: Path, device: str = "auto") -> dict:
     """Evaluate best.pt on the test part and write metrics.json and predictions.csv."""
     best = load_checkpoint(out / "best.pt", expect_method=config.method)
     method = create_method(config.method, len(data.sites), config)
     method.load_state_dict(best["model"])
+    method.to(distributed.device(device))
     per_site, rows = evaluate_part(method, data, "test", config.eval_batch_size)
     metrics = {
         "method": config.method,

@@ -66,8 +66,15 @@ class Method(nn.Module):
             torch.nn.utils.clip_grad_norm_(group, self.config.grad_clip)
         self.optimizer.step()
 
-    def update(self, minibatches: Minibatches) -> dict[str, float]:
+    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of one step, and the values to log (no optimiser step)."""
         raise NotImplementedError
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        """One optimiser step on one step's minibatches; returns the logged values."""
+        loss, stats = self.loss(minibatches)
+        self.step(loss)
+        return stats
 
     def predict(self, x: torch.Tensor, site: int) -> torch.Tensor:
         raise NotImplementedError

@@ -17,7 +17,7 @@ from .sepnorm import SepNorm
 class Contrastive(SepNorm):
     projection = True
 
-    def update(self, minibatches: Minibatches) -> dict[str, float]:
+    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, float]]:
         outputs = self.site_forward(minibatches)
         projections = []
         for site, emb, _ in outputs:
@@ -28,5 +28,4 @@ class Contrastive(SepNorm):
         # under torchrun each process holds part of the batch: the loss compares the whole global batch
         contrast = supervised_nt_xent(gather(torch.cat(projections)), gather(labels), self.config.temperature)
         loss = ce + self.config.alpha * contrast
-        self.step(loss)
-        return {"loss": loss.item(), "ce": ce.item(), "contrastive": contrast.item()}
+        return loss, {"loss": loss.item(), "ce": ce.item(), "contrastive": contrast.item()}

@@ -42,7 +42,7 @@ class MSNet(SepNorm):
         net.aux_classifier = PerSite(fresh_copies(net.classifier, self.num_sites))
         return net
 
-    def update(self, minibatches: Minibatches) -> dict[str, float]:
+    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, float]]:
         universal, auxiliary = [], []
         for site, emb, logits in self.site_forward(minibatches):
             universal.append(logits)
@@ -55,8 +55,7 @@ class MSNet(SepNorm):
         transfer = soft_target_kl(universal, auxiliary, self.config.kd_temperature)
         w = self.config.kd_weight
         loss = aux_ce + (1 - w) * universal_ce + w * transfer
-        self.step(loss)
-        return {
+        return loss, {
             "loss": loss.item(),
             "aux_ce": aux_ce.item(),
             "universal_ce": universal_ce.item(),

@@ -28,11 +28,10 @@ class SepNorm(Method):
                 outputs.append((site, emb, self.net.classify(emb)))
         return outputs
 
-    def update(self, minibatches: Minibatches) -> dict[str, float]:
+    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, float]]:
         logits = [out for _, _, out in self.site_forward(minibatches)]
         loss = F.cross_entropy(torch.cat(logits), torch.cat([y for _, _, y in present(minibatches)]))
-        self.step(loss)
-        return {"loss": loss.item()}
+        return loss, {"loss": loss.item()}
 
     def predict(self, x, site):
         self.check_site(site)

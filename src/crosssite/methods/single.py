@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -22,11 +23,10 @@ class Single(Method):
         # each site's network is clipped on its own so the networks stay independent
         return [list(net.parameters()) for net in self.nets]
 
-    def update(self, minibatches: Minibatches) -> dict[str, float]:
+    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, float]]:
         losses = [F.cross_entropy(self.nets[site](x), y) for site, x, y in present(minibatches)]
         loss = sum(losses)
-        self.step(loss)
-        return {"loss": loss.item() / len(losses)}
+        return loss, {"loss": loss.item() / len(losses)}
 
     def predict(self, x, site):
         self.check_site(site)

@@ -62,6 +62,17 @@ def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def dense_head(dims: list[int], *, batch_norm: bool, act_last: bool = False) -> nn.Sequential:
+    """Linear layers through `dims`, each followed by [BatchNorm1d +] ReLU except the last (unless `act_last`)."""
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims, dims[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if act_last or i < len(dims) - 2:
+            layers += [nn.BatchNorm1d(d_out)] if batch_norm else []
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
 class PEPX(nn.Module):
     """Projection-expansion-projection-extension block (no BN)."""
 
@@ -184,36 +195,15 @@ class COVIDNet(nn.Module):
         if self.redesign:
             self.pool: nn.Module = nn.AdaptiveAvgPool2d(REDESIGN_POOL)
             self.embedding_dim = c_in * REDESIGN_POOL * REDESIGN_POOL
-            self.classifier = nn.Sequential(
-                nn.Linear(self.embedding_dim, HIDDEN_1),
-                nn.BatchNorm1d(HIDDEN_1),
-                nn.ReLU(inplace=False),
-                nn.Linear(HIDDEN_1, HIDDEN_2),
-                nn.BatchNorm1d(HIDDEN_2),
-                nn.ReLU(inplace=False),
-                nn.Linear(HIDDEN_2, num_classes),
-            )
+            self.classifier = dense_head([self.embedding_dim, HIDDEN_1, HIDDEN_2, num_classes], batch_norm=True)
             self.projection: nn.Module | None = None
             if projection:
-                self.projection = nn.Sequential(
-                    nn.Linear(self.embedding_dim, PROJ_HIDDEN),
-                    nn.BatchNorm1d(PROJ_HIDDEN),
-                    nn.ReLU(inplace=False),
-                    nn.Linear(PROJ_HIDDEN, PROJ_DIM),
-                    nn.BatchNorm1d(PROJ_DIM),
-                    nn.ReLU(inplace=False),
-                )
+                self.projection = dense_head([self.embedding_dim, PROJ_HIDDEN, PROJ_DIM], batch_norm=True, act_last=True)
         else:
             self.pool = nn.Identity()
             side = image_size // DOWNSAMPLE
             self.embedding_dim = c_in * side * side
-            self.classifier = nn.Sequential(
-                nn.Linear(self.embedding_dim, HIDDEN_1),
-                nn.ReLU(inplace=False),
-                nn.Linear(HIDDEN_1, HIDDEN_2),
-                nn.ReLU(inplace=False),
-                nn.Linear(HIDDEN_2, num_classes),
-            )
+            self.classifier = dense_head([self.embedding_dim, HIDDEN_1, HIDDEN_2, num_classes], batch_norm=False)
             self.projection = None
 
     @property

@@ -1,0 +1,331 @@
+"""Training and inference throughput of crosssite ("ours") against a plain PyTorch loop ("plain").
+
+    python benchmarks/throughput.py                       # 224, 128 and 64 px, then one real epoch
+    python benchmarks/throughput.py --sizes 64,128 --json rows.jsonl --no-epoch
+
+Both sides train the paper's setting: the redesigned COVID-Net with site-specific batch norm, one
+forward per site, batch 32 (16 + 16), cross-entropy + supervised NT-Xent, Adam, gradient clipping;
+both build the network with crosssite's model and loss code, so they differ only in how they run:
+
+  plain  eager fp32, NCHW, the process as Python starts it (glibc's default malloc settings);
+         inference runs the training network in eval mode.
+  ours   what crosssite itself runs: the method's update through crosssite.distributed.make_update
+         (channels_last), inference through crosssite.inference (batch norm folded, channels_last),
+         in a process with the malloc tunables that `crosssite` sets for itself (crosssite.runtime).
+
+Every measurement runs in a fresh child process (the malloc tunables must be set before Python
+starts); the two sides alternate, plain-ours then ours-plain, and each reports the median over
+all its timed steps after warm-up. FLOPs are counted with torch.utils.flop_counter (convolutions and
+matrix products; a training step counts forward and backward), and the percentage is of the fp32
+matmul rate measured in this run by a large torch.mm on the same number of threads. Peak RSS is
+the child's maximum resident memory (training steps, then inference).
+
+The epoch row trains one real epoch with `crosssite.train.train` (../shared/data when present,
+else the shipped sample) and reports its wall time and the share spent making batches.
+crosssite takes image sizes that are multiples of 32 (so 128 px stands in for 112).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+BATCH_PER_SITE = 16
+MATMUL_SIZE = 2048
+
+
+# ---------------------------------------------------------------- child processes
+
+
+def _images(size: int, step: int):
+    """One step's minibatches: 16 uint8 images per site made into tensors, labels of both classes."""
+    import numpy as np
+    import torch
+
+    from crosssite.data.transforms import to_tensor
+
+    rng = np.random.default_rng(step)
+    return [(to_tensor(rng.integers(0, 256, (BATCH_PER_SITE, size, size), dtype=np.uint8)),
+             torch.tensor([0, 1] * (BATCH_PER_SITE // 2))) for _ in range(2)]
+
+
+def _plain(size: int, width: float):
+    """The straightforward loop: (train step, inference batch) on the same network and loss."""
+    import torch
+    import torch.nn.functional as F
+
+    from crosssite.config import TrainConfig
+    from crosssite.losses import supervised_nt_xent
+    from crosssite.models import convert_to_site_bn, create_model, use_site
+
+    c = TrainConfig(image_size=size, width=width)
+    torch.manual_seed(0)
+    net = convert_to_site_bn(create_model("covidnet-redesign", width=width, image_size=size, projection=True), 2)
+    opt = torch.optim.Adam(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+
+    def train_step(minibatches):
+        net.train()
+        logits, projections = [], []
+        for site, (x, _) in enumerate(minibatches):
+            with use_site(net, site):
+                emb = net.features(x)
+                logits.append(net.classify(emb))
+                projections.append(net.project(emb))
+        y = torch.cat([y for _, y in minibatches])
+        ce = F.cross_entropy(torch.cat(logits), y)
+        loss = ce + c.alpha * supervised_nt_xent(torch.cat(projections), y, c.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), c.grad_clip)
+        opt.step()
+        return loss.item()
+
+    def make_predictor():
+        net.eval()
+
+        @torch.no_grad()
+        def predict(x):
+            with use_site(net, 0):
+                return net(x)
+        return predict
+
+    return train_step, make_predictor
+
+
+def _ours(size: int, width: float):
+    """crosssite's own paths: the method's update as the trainer runs it, the predictor of predict_proba."""
+    import torch
+
+    from crosssite.config import TrainConfig
+    from crosssite.distributed import make_update
+    from crosssite.inference import inference_network
+    from crosssite.methods import create_method
+
+    torch.manual_seed(0)
+    method = create_method("contrastive", 2, TrainConfig(image_size=size, width=width))
+    update = make_update(method)
+
+    def train_step(minibatches):
+        method.train()
+        return update(minibatches)["loss"]
+
+    def make_predictor():
+        net = inference_network(method, 0)  # what predict_proba builds once per call
+
+        @torch.no_grad()
+        def predict(x):
+            return net(x)
+        return predict
+
+    return train_step, make_predictor
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _timed(fn, arg, warmup: int, steps: int) -> list[float]:
+    for _ in range(warmup):
+        fn(arg)
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        fn(arg)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def worker_steps(impl: str, size: int, width: float, warmup: int, steps: int) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    train_step, make_predictor = (_plain if impl == "plain" else _ours)(size, width)
+    minibatches = _images(size, 0)
+    first_loss = train_step(minibatches)  # from the same initial weights on both sides: the same loss
+    train_times = _timed(train_step, minibatches, warmup, steps)
+    train_rss = _peak_rss_mb()
+    with FlopCounterMode(display=False) as counter:
+        train_step(minibatches)
+    train_flop = counter.get_total_flops()
+
+    started = time.perf_counter()
+    infer = make_predictor()
+    prepare_s = time.perf_counter() - started
+    x = torch.cat([x for x, _ in minibatches])
+    infer_times = _timed(infer, x, warmup, steps)
+    with FlopCounterMode(display=False) as counter:
+        infer(x)
+    return {"train_s": train_times, "infer_s": infer_times, "train_flop": train_flop,
+            "infer_flop": counter.get_total_flops(), "infer_prepare_s": prepare_s, "first_loss": first_loss,
+            "train_peak_rss_mb": train_rss, "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads()}
+
+
+def worker_matmul(reps: int = 5) -> dict:
+    import torch
+
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    times = _timed(lambda _: torch.mm(a, b), None, 2, reps)
+    return {"gflop_s": 2 * MATMUL_SIZE ** 3 / statistics.median(times) / 1e9, "threads": torch.get_num_threads()}
+
+
+def worker_epoch(data: str, size: int, width: float) -> dict:
+    """One real epoch with crosssite's trainer, timing its data functions from outside."""
+    from crosssite import train as train_module
+    from crosssite.config import TrainConfig
+    from crosssite.io import read_jsonl
+
+    seconds = {"prepare_data": [], "_train_batch": []}
+
+    def timed(name):
+        real = getattr(train_module, name)
+
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            result = real(*args, **kwargs)
+            seconds[name].append(time.perf_counter() - started)
+            return result
+        setattr(train_module, name, wrapper)
+
+    for name in seconds:
+        timed(name)
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(method="contrastive", data=data, epochs=1, image_size=size, width=width, out=out)
+        train_module.train(config, progress=False)
+        epoch = read_jsonl(Path(out) / "train_log.jsonl")[0]
+    batch_s = sum(seconds["_train_batch"])
+    return {"data": data, "image_size": size, "width": width, "decode_s": sum(seconds["prepare_data"]),
+            "epoch_s": epoch["seconds"], "steps": len(seconds["_train_batch"]) // 2,  # one batch per site and step
+            "batch_s": batch_s, "data_share": batch_s / epoch["seconds"]}
+
+
+# ---------------------------------------------------------------- the parent: alternate, collect, print
+
+
+def _child_env(impl: str) -> dict:
+    from crosssite.runtime import MARKER, tuned_environment
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", MARKER)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    return (tuned_environment(env) or env) if impl == "ours" else env  # or env: the user opted out
+
+
+def _run_child(impl: str, *args: str) -> dict:
+    command = [sys.executable, __file__, "--worker", *args]
+    done = subprocess.run(command, env=_child_env(impl), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark child {' '.join(args)} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _row(impl: str, size: int, runs: list[dict], peak: float) -> dict:
+    train_s = statistics.median(t for r in runs for t in r["train_s"])
+    infer_s = statistics.median(t for r in runs for t in r["infer_s"])
+    images = 2 * BATCH_PER_SITE
+    train_gflop_s = runs[0]["train_flop"] / train_s / 1e9
+    infer_gflop_s = runs[0]["infer_flop"] / infer_s / 1e9
+    return {
+        "impl": impl, "image_size": size, "batch": images, "threads": runs[0]["threads"],
+        "train_img_s": images / train_s, "infer_img_s": images / infer_s,
+        "gflop_s": train_gflop_s, "pct_of_matmul_peak": 100 * train_gflop_s / peak,
+        "infer_gflop_s": infer_gflop_s, "infer_pct_of_matmul_peak": 100 * infer_gflop_s / peak,
+        "train_step_gflop": runs[0]["train_flop"] / 1e9, "infer_batch_gflop": runs[0]["infer_flop"] / 1e9,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "train_peak_rss_mb": max(r["train_peak_rss_mb"] for r in runs),
+        "infer_prepare_s": statistics.median(r["infer_prepare_s"] for r in runs),
+        "first_loss": runs[0]["first_loss"], "matmul_peak_gflop_s": peak,
+        "timed_steps": sum(len(r["train_s"]) for r in runs),
+    }
+
+
+def _table(rows: list[dict], peak: float, width: float) -> str:
+    threads = rows[0]["threads"]
+    lines = [
+        f"covidnet-redesign, width {width}, site-specific BN + NT-Xent, batch 32 (16+16), fp32, {threads} thread(s)",
+        f"fp32 matmul peak (torch.mm {MATMUL_SIZE}x{MATMUL_SIZE}, {threads} thread(s)): {peak:.1f} GFLOP/s",
+        "",
+        f"{'size':>4}  {'impl':<11}{'train img/s':>12}{'GFLOP/s':>9}{'% peak':>8}"
+        f"{'infer img/s':>13}{'GFLOP/s':>9}{'% peak':>8}{'peak RSS MB':>13}{'step-1 loss':>13}",
+    ]
+    for size in dict.fromkeys(r["image_size"] for r in rows):
+        by = {r["impl"]: r for r in rows if r["image_size"] == size}
+        for impl in ("plain", "ours"):
+            r = by[impl]
+            lines.append(f"{size:>4}  {impl:<11}{r['train_img_s']:>12.2f}{r['gflop_s']:>9.1f}"
+                         f"{r['pct_of_matmul_peak']:>7.1f}%{r['infer_img_s']:>13.2f}{r['infer_gflop_s']:>9.1f}"
+                         f"{r['infer_pct_of_matmul_peak']:>7.1f}%{r['peak_rss_mb']:>13.0f}{r['first_loss']:>13.5f}")
+        ratio = {k: by["ours"][k] / by["plain"][k] for k in ("train_img_s", "infer_img_s", "peak_rss_mb")}
+        lines.append(f"{size:>4}  {'ours/plain':<11}{ratio['train_img_s']:>11.2f}x{'':>17}"
+                     f"{ratio['infer_img_s']:>12.2f}x{'':>17}{ratio['peak_rss_mb']:>12.2f}x")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="224,128,64", help="image sizes, comma separated (multiples of 32)")
+    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper's network)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per child process")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations: plain-ours, ours-plain, ...")
+    parser.add_argument("--json", metavar="PATH", help="write one JSON object per row (and the epoch) to PATH")
+    parser.add_argument("--epoch-data", default=str(SHARED_DATA if SHARED_DATA.is_dir() else REPO / "src/crosssite/sample_data"),
+                        help="data folder for the epoch measurement (default: ../shared/data, else the sample)")
+    parser.add_argument("--epoch-size", type=int, default=128, help="image size of the epoch measurement")
+    parser.add_argument("--no-epoch", action="store_true", help="skip the epoch measurement")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:  # a child process: measure one thing and print it as JSON
+        kind, *rest = args.worker
+        if kind == "steps":
+            result = worker_steps(rest[0], int(rest[1]), args.width, args.warmup, args.steps)
+        elif kind == "matmul":
+            result = worker_matmul()
+        else:
+            result = worker_epoch(rest[0], int(rest[1]), args.width)
+        print(json.dumps(result))
+        return
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    bad = [s for s in sizes if s < 32 or s % 32]
+    if bad:
+        parser.error(f"--sizes: crosssite trains at multiples of 32 px, got {bad}")
+    common = ["--width", str(args.width), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    peaks = [_run_child("plain", "matmul")["gflop_s"]]
+    rows = []
+    for size in sizes:
+        runs = {"plain": [], "ours": []}
+        for round_ in range(args.rounds):
+            order = ("plain", "ours") if round_ % 2 == 0 else ("ours", "plain")
+            for impl in order:
+                print(f"... {size} px {impl} (round {round_ + 1}/{args.rounds})", file=sys.stderr, flush=True)
+                runs[impl].append(_run_child(impl, "steps", impl, str(size), *common))
+        peaks.append(_run_child("plain", "matmul")["gflop_s"])
+        rows += [(impl, size, r) for impl, r in runs.items()]
+    peak = max(peaks)  # the best of repeated measurements is the closest to the machine's peak
+    rows = [_row(impl, size, r, peak) for impl, size, r in rows]
+    print(_table(rows, peak, args.width))
+
+    epoch = None
+    if not args.no_epoch:
+        print(f"... one epoch at {args.epoch_size} px on {args.epoch_data}", file=sys.stderr, flush=True)
+        epoch = _run_child("ours", "epoch", args.epoch_data, str(args.epoch_size), "--width", str(args.width))
+        epoch["impl"] = "ours-epoch"
+        print(f"\nepoch ({epoch['data']}, {epoch['image_size']} px, width {epoch['width']}, {epoch['steps']} steps "
+              f"+ validation): {epoch['epoch_s']:.1f} s, of which making batches {epoch['batch_s']:.2f} s "
+              f"({100 * epoch['data_share']:.1f} %); decoding every image once beforehand: {epoch['decode_s']:.1f} s")
+    if args.json:
+        Path(args.json).write_text("".join(json.dumps(r) + "\n" for r in rows + ([epoch] if epoch else [])))
+
+
+if __name__ == "__main__":
+    main()
