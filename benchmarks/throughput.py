@@ -1,7 +1,7 @@
 """Training and inference throughput of crosssite ("ours") against a plain PyTorch loop ("plain").
 
-    python benchmarks/throughput.py                       # 224, 128 and 64 px, then one real epoch
-    python benchmarks/throughput.py --sizes 64,128 --json rows.jsonl --no-epoch
+    python benchmarks/throughput.py                       # 224, 112 and 64 px, then one real epoch
+    python benchmarks/throughput.py --sizes 64,112 --json rows.jsonl --no-epoch
 
 Both sides train the paper's setting: the redesigned COVID-Net with site-specific batch norm, one
 forward per site, batch 32 (16 + 16), cross-entropy + supervised NT-Xent, Adam, gradient clipping;
@@ -22,7 +22,6 @@ the child's maximum resident memory (training steps, then inference).
 
 The epoch row trains one real epoch with `crosssite.train.train` (../shared/data when present,
 else the shipped sample) and reports its wall time and the share spent making batches.
-crosssite takes image sizes that are multiples of 32 (so 128 px stands in for 112).
 """
 
 from __future__ import annotations
@@ -271,7 +270,7 @@ def _table(rows: list[dict], peak: float, width: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="224,128,64", help="image sizes, comma separated (multiples of 32)")
+    parser.add_argument("--sizes", default="224,112,64", help="image sizes, comma separated (multiples of 16)")
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper's network)")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per child process")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
@@ -279,7 +278,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help="write one JSON object per row (and the epoch) to PATH")
     parser.add_argument("--epoch-data", default=str(SHARED_DATA if SHARED_DATA.is_dir() else REPO / "src/crosssite/sample_data"),
                         help="data folder for the epoch measurement (default: ../shared/data, else the sample)")
-    parser.add_argument("--epoch-size", type=int, default=128, help="image size of the epoch measurement")
+    parser.add_argument("--epoch-size", type=int, default=112, help="image size of the epoch measurement")
     parser.add_argument("--no-epoch", action="store_true", help="skip the epoch measurement")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -296,9 +295,9 @@ def main() -> None:
         return
 
     sizes = [int(s) for s in args.sizes.split(",")]
-    bad = [s for s in sizes if s < 32 or s % 32]
+    bad = [s for s in sizes if s < 32 or s % 16]
     if bad:
-        parser.error(f"--sizes: crosssite trains at multiples of 32 px, got {bad}")
+        parser.error(f"--sizes: crosssite trains at multiples of 16 px (at least 32), got {bad}")
     common = ["--width", str(args.width), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     peaks = [_run_child("plain", "matmul")["gflop_s"]]
     rows = []

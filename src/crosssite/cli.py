@@ -26,7 +26,7 @@ SETTING_FLAGS = [
     ("--seed", "seed", int, "random seed (splits, initialisation, sampling, augmentation)"),
     ("--epochs", "epochs", int, "training epochs"),
     ("--batch-per-site", "batch_per_site", int, "images per site in a step"),
-    ("--image-size", "image_size", int, "input size in pixels, a multiple of 32"),
+    ("--image-size", "image_size", int, "input size in pixels, a multiple of 16 (224 = paper)"),
     ("--width", "width", float, "channel multiplier of the backbone (1.0 = paper)"),
     ("--lr", "lr", float, "Adam learning rate (cosine-annealed to 0)"),
     ("--weight-decay", "weight_decay", float, "Adam weight decay"),

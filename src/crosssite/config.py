@@ -58,8 +58,8 @@ class TrainConfig:
             problems.append(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_per_site < 2:
             problems.append(f"batch_per_site must be at least 2 (batch norm needs two samples), got {self.batch_per_site}")
-        if self.image_size < 32 or self.image_size % 32:
-            problems.append(f"image_size must be a positive multiple of 32, got {self.image_size}")
+        if self.image_size < 32 or self.image_size % 16:
+            problems.append(f"image_size must be a multiple of 16, at least 32, got {self.image_size}")
         if self.width <= 0:
             problems.append(f"width must be positive, got {self.width}")
         if self.lr <= 0 or self.temperature <= 0:

@@ -137,16 +137,24 @@ def test_tiny_width_keeps_channels_valid():
 
 
 @pytest.mark.parametrize("bad", [100, 0, 230, -32])
-def test_image_size_not_multiple_of_32_raises(bad):
+def test_image_size_not_multiple_of_16_raises(bad):
     with pytest.raises(ValueError, match=str(bad)):
         COVIDNet(redesign=False, image_size=bad)
+
+
+@pytest.mark.parametrize("redesign", [False, True])
+def test_112_px_works_for_both_backbones(redesign):
+    m = COVIDNet(redesign=redesign, width=0.125, image_size=112).eval()
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, 112, 112)).shape == (2, 2)
+        assert m.feature_map(torch.randn(1, 3, 112, 112)).shape[-2:] == (3, 3)
 
 
 def test_redesign_accepts_other_sizes_num_classes():
     m = COVIDNet(redesign=True, width=0.25, image_size=96, num_classes=3).eval()
     with torch.no_grad():
         assert m(torch.randn(2, 3, 96, 96)).shape == (2, 3)
-        assert m(torch.randn(2, 3, 128, 128)).shape == (2, 3)  # 2x2 pooling: any multiple of 32
+        assert m(torch.randn(2, 3, 128, 128)).shape == (2, 3)  # 2x2 pooling: any multiple of 16
     o = COVIDNet(redesign=False, width=0.25, image_size=96).eval()
     assert o.features(torch.randn(1, 3, 96, 96)).shape == (1, 512 * 3 * 3)
 

@@ -56,6 +56,9 @@ PROJ_HIDDEN = 1024
 PROJ_DIM = 128
 REDESIGN_POOL = 2  # adaptive average pooling output side (2x2)
 DOWNSAMPLE = 32  # total stride of the backbone
+# input sizes: multiples of 16 (the last max pool floors an odd side, e.g. 112 px -> 3x3 at stage 4,
+# which is image_size // DOWNSAMPLE for every multiple of 16), so 112 px works as well as 224
+SIZE_STEP = 16
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -158,8 +161,8 @@ class COVIDNet(nn.Module):
         """``projection`` (extension used by crosssite.methods): build the contrastive
         projection head; default = ``redesign``. Only the redesign can have one."""
         super().__init__()
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % DOWNSAMPLE:
-            raise ValueError(f"image_size must be a positive multiple of {DOWNSAMPLE}, got {image_size!r}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2 * SIZE_STEP or image_size % SIZE_STEP:
+            raise ValueError(f"image_size must be a multiple of {SIZE_STEP}, at least {2 * SIZE_STEP}, got {image_size!r}")
         if not isinstance(width, (int, float)) or isinstance(width, bool) or not width > 0:
             raise ValueError(f"width must be a positive number, got {width!r}")
         if not isinstance(num_classes, int) or num_classes < 1:
