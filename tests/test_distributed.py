@@ -36,7 +36,20 @@ def _initial_state(name: str) -> dict:
 
 
 def _train_steps(name: str):
-    """(gradients of the first step, weights and buffers after STEPS updates, per-step stats) from seed 0."""
+    """(gradients of the first step, weights and buffers after STEPS updates, per-step stats) from seed 0.
+
+    One thread, in the workers and in the single-process reference alike: the comparison is of one
+    process against two, not of thread counts (which change the order of float sums too).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_steps_one_thread(name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_steps_one_thread(name: str):
     torch.manual_seed(0)
     method = create_method(name, 2, TrainConfig(method=name, **TINY))
     method.train()
@@ -50,7 +63,7 @@ def _train_steps(name: str):
 def _worker(rank: int, out: str):
     """One of 2 CPU processes: the steps of every method, then a killed and resumed training run."""
     dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=2)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # two processes on the CPU's cores
     torch.save({name: _train_steps(name) for name in sorted(METHODS)}, f"{out}/steps.{rank}")
     _train_killed_and_resumed(out)
     dist.destroy_process_group()
