@@ -125,7 +125,7 @@ def _cli_run(tmp_path, name: str, launcher: list[str]) -> str:
 
 
 def test_torchrun_writes_what_one_process_writes(tmp_path):
-    single = _cli_run(tmp_path, "single", [sys.executable, "-m", "crosssite"])
+    _cli_run(tmp_path, "single", [sys.executable, "-m", "crosssite"])
     both = _cli_run(tmp_path, "torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                            "--nproc-per-node", "2", "-m", "crosssite"])
     assert both.count("test metrics of") == 1  # only rank 0 prints

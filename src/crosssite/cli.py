@@ -82,7 +82,7 @@ def config_from_args(args) -> TrainConfig:
 
 
 def format_metrics(per_site: dict[str, dict]) -> str:
-    names = ("accuracy", "f1", "recall", "precision", "auc", "specificity")
+    from .evaluate import METRIC_NAMES as names
     width = max(len(s) for s in per_site) + 2
     lines = ["site".ljust(width) + "".join(n.rjust(12) for n in names) + "n".rjust(6)]
     for site, m in per_site.items():

@@ -22,10 +22,11 @@ from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .errors import CrossSiteError
+from .evaluate import METRIC_NAMES
 from .io import atomic_write_text, read_jsonl
 from .sweep import ROW_BY_NAME, Row, job_name
 
-METRICS = ("accuracy", "f1", "recall", "precision", "auc")
+METRICS = METRIC_NAMES[:5]  # Table I of the paper: all but specificity
 TESTED_METRIC = "auc"
 OURS = "contrastive"
 #: Table II: the paper's method against the baselines; Table III: against the comparison methods

@@ -17,7 +17,10 @@ only this process appends to results.jsonl).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -56,6 +59,7 @@ ROWS = [
     Row("contrastive", "Contrastive (ours)", "contrastive"),
 ]
 ROW_BY_NAME = {r.name: r for r in ROWS}
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def select_rows(names: list[str]) -> list[Row]:
@@ -164,10 +168,13 @@ def check_settings(out: Path, settings: dict) -> None:
         atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
 
 
-def _limit_threads(threads: int) -> None:
+def _init_worker(threads: int) -> None:
+    """A worker's share of the cores; on Linux it dies with the sweep (a restart never races it)."""
     import torch
 
     torch.set_num_threads(threads)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _run_all(todo: list[Job], workers: int) -> Iterator[tuple[Job, dict]]:
@@ -176,7 +183,7 @@ def _run_all(todo: list[Job], workers: int) -> Iterator[tuple[Job, dict]]:
         yield from ((job, run_job(job)) for job in todo)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, get_context("spawn"), initializer=_limit_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
         futures = {pool.submit(run_job, job): job for job in todo}
         try:
             for future in as_completed(futures):
