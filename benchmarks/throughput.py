@@ -16,8 +16,9 @@ both build the network with crosssite's model and loss code, so they differ only
 Every measurement runs in a fresh child process (the malloc tunables must be set before Python
 starts); the two sides alternate, plain-ours then ours-plain, and each reports the median over
 all its timed steps after warm-up. FLOPs are counted with torch.utils.flop_counter (convolutions and
-matrix products; a training step counts forward and backward), and the percentage is of the fp32
-matmul rate measured in this run by a large torch.mm on the same number of threads. Peak RSS is
+matrix products; a training step counts forward and backward; the convolutions' backward with a
+corrected formula, see `_conv_backward_flop`), and the percentage is of the fp32 matmul rate measured
+in this run by a large torch.mm on the same number of threads. Peak RSS is
 the child's maximum resident memory (training steps, then inference).
 
 The epoch row trains one real epoch with `crosssite.train.train` (../shared/data when present,
@@ -40,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 BATCH_PER_SITE = 16
-MATMUL_SIZE = 2048
+MATMUL_SIZE = 6144  # large enough for MKL's sgemm to reach its top rate (2048 gives ~13 % less here)
 
 
 # ---------------------------------------------------------------- child processes
@@ -144,16 +145,36 @@ def _timed(fn, arg, warmup: int, steps: int) -> list[float]:
     return times
 
 
-def worker_steps(impl: str, size: int, width: float, warmup: int, steps: int) -> dict:
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """A convolution's backward costs its forward once per gradient it computes (input, weight).
+
+    torch.utils.flop_counter's own formula ignores `groups` for the weight gradient and counts a
+    depthwise convolution's backward `groups` times over (48x its forward for 48 channels, PyTorch
+    2.13), which would inflate a training step's count of this network by ~70 %.
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def _flop_counter():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
+
+
+def worker_steps(impl: str, size: int, width: float, warmup: int, steps: int) -> dict:
+    import torch
 
     train_step, make_predictor = (_plain if impl == "plain" else _ours)(size, width)
     minibatches = _images(size, 0)
     first_loss = train_step(minibatches)  # from the same initial weights on both sides: the same loss
     train_times = _timed(train_step, minibatches, warmup, steps)
     train_rss = _peak_rss_mb()
-    with FlopCounterMode(display=False) as counter:
+    with _flop_counter() as counter:
         train_step(minibatches)
     train_flop = counter.get_total_flops()
 
@@ -162,7 +183,7 @@ def worker_steps(impl: str, size: int, width: float, warmup: int, steps: int) ->
     prepare_s = time.perf_counter() - started
     x = torch.cat([x for x, _ in minibatches])
     infer_times = _timed(infer, x, warmup, steps)
-    with FlopCounterMode(display=False) as counter:
+    with _flop_counter() as counter:
         infer(x)
     return {"train_s": train_times, "infer_s": infer_times, "train_flop": train_flop,
             "infer_flop": counter.get_total_flops(), "infer_prepare_s": prepare_s, "first_loss": first_loss,

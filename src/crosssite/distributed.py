@@ -228,6 +228,7 @@ def make_update(method: nn.Module, requested_device: str = "auto") -> Callable[[
                                   forward_sync_buffers=False)  # synced batch norms keep buffers equal
 
     def update(minibatches) -> dict[str, float]:
+        method.release_gradients()
         loss, stats = ddp(_this_rank(minibatches, size, rank_, where))
         finite = torch.tensor([float(torch.isfinite(loss.detach()))], device=where)
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together, none waits in backward

@@ -47,6 +47,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .layers import MaxPool2x2, PointwiseConv, ReLUMaxPool2x2, max_pool_2x2
+
 STEM_CHANNELS = 64
 STAGE_CHANNELS = (256, 512, 1024, 2048)
 STAGE_BLOCKS = (3, 4, 6, 3)
@@ -87,11 +89,11 @@ class PEPX(nn.Module):
         # same with and without ``relu``: network.0 .. network.4.
         self.network = nn.ModuleList(
             [
-                nn.Conv2d(in_channels, proj, kernel_size=1),
-                nn.Conv2d(proj, expand, kernel_size=1),
+                PointwiseConv(in_channels, proj),
+                PointwiseConv(proj, expand),
                 nn.Conv2d(expand, expand, kernel_size=3, padding=1, groups=expand),
-                nn.Conv2d(expand, proj, kernel_size=1),
-                nn.Conv2d(proj, out_channels, kernel_size=1),
+                PointwiseConv(expand, proj),
+                PointwiseConv(proj, out_channels),
             ]
         )
         self.relu = bool(relu)
@@ -124,9 +126,12 @@ class Stage(nn.Module):
         pepx_relu: bool,
     ):
         super().__init__()
-        upper: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size=1)]
+        # the upper branch: 1x1 conv [-> BN -> ReLU] [-> 2x2 max pool], the pool fused with the ReLU
+        upper: list[nn.Module] = [PointwiseConv(in_channels, out_channels)]
         if batch_norm:
-            upper += [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=False)]
+            upper += [nn.BatchNorm2d(out_channels), ReLUMaxPool2x2() if downsample else nn.ReLU()]
+        elif downsample:
+            upper.append(MaxPool2x2())
         self.upper = nn.Sequential(*upper)
         self.downsample = downsample
         self.blocks = nn.ModuleList(
@@ -137,8 +142,7 @@ class Stage(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         total = self.upper(x)
         if self.downsample:
-            total = F.max_pool2d(total, 2)
-            x = F.max_pool2d(x, 2)
+            x = max_pool_2x2(x)
         total = total + self.blocks[0](x)
         for block in self.blocks[1:]:
             total = total + block(total)
@@ -181,7 +185,7 @@ class COVIDNet(nn.Module):
         stem: list[nn.Module] = [nn.Conv2d(3, stem_ch, kernel_size=7, stride=2, padding=3)]
         if self.redesign:
             stem.append(nn.BatchNorm2d(stem_ch))
-        stem += [nn.ReLU(inplace=False), nn.MaxPool2d(2)]
+        stem.append(ReLUMaxPool2x2())
         self.stem = nn.Sequential(*stem)
 
         stages = []
