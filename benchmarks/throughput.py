@@ -7,11 +7,13 @@ Both sides train the paper's setting: the redesigned COVID-Net with site-specifi
 forward per site, batch 32 (16 + 16), cross-entropy + supervised NT-Xent, Adam, gradient clipping;
 both build the network with crosssite's model and loss code, so they differ only in how they run:
 
-  plain  eager fp32, NCHW, the process as Python starts it (glibc's default malloc settings);
+  plain  eager fp32, NCHW, torch's own layers (crosssite.models.layers.as_torch_layers), torch.optim.Adam
+         as it comes, the process as Python starts it (glibc's default malloc settings);
          inference runs the training network in eval mode.
   ours   what crosssite itself runs: the method's update through crosssite.distributed.make_update
-         (channels_last), inference through crosssite.inference (batch norm folded, channels_last),
-         in a process with the malloc tunables that `crosssite` sets for itself (crosssite.runtime).
+         (channels_last, crosssite's layers, fused Adam), inference through crosssite.inference (batch
+         norm folded, channels_last), in a process with the malloc tunables that `crosssite` sets for
+         itself (crosssite.runtime).
 
 Every measurement runs in a fresh child process (the malloc tunables must be set before Python
 starts); the two sides alternate, plain-ours then ours-plain, and each reports the median over
@@ -67,10 +69,12 @@ def _plain(size: int, width: float):
     from crosssite.config import TrainConfig
     from crosssite.losses import supervised_nt_xent
     from crosssite.models import convert_to_site_bn, create_model, use_site
+    from crosssite.models.layers import as_torch_layers
 
     c = TrainConfig(image_size=size, width=width)
     torch.manual_seed(0)
-    net = convert_to_site_bn(create_model("covidnet-redesign", width=width, image_size=size, projection=True), 2)
+    net = create_model("covidnet-redesign", width=width, image_size=size, projection=True)
+    net = convert_to_site_bn(as_torch_layers(net), 2)  # nn.Conv2d, nn.ReLU, nn.MaxPool2d: no crosssite layers
     opt = torch.optim.Adam(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
     def train_step(minibatches):

@@ -48,6 +48,18 @@ def test_predict_prints_path_probability_and_label(run, capsys):
         assert label in ("COVID", "NonCOVID")
 
 
+def test_predict_and_evaluate_take_a_device(run, capsys):
+    image = str(sample_images(1)[0])
+    assert main(["predict", str(run / "best.pt"), "--site", "covid-ct", "--json", "--device", "cpu", image]) == 0
+    on_cpu = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(run / "best.pt"), "--site", "covid-ct", "--json", image]) == 0  # auto
+    (auto,) = json.loads(capsys.readouterr().out)
+    assert auto["p_covid"] == pytest.approx(on_cpu[0]["p_covid"], abs=1e-4)  # auto may pick a GPU
+    assert main(["evaluate", str(run / "best.pt"), "--json", "--device", "cpu"]) == 0
+    for command in (["predict", str(run / "best.pt"), "--site", "covid-ct", image], ["evaluate", str(run / "best.pt")]):
+        assert "device" in error_of(capsys, command + ["--device", "tpu:7"])
+
+
 def test_predict_json(run, capsys):
     assert main(["predict", str(run / "best.pt"), "--site", "sars-cov-2-ct", "--json", str(sample_images(1)[0])]) == 0
     (row,) = json.loads(capsys.readouterr().out)

@@ -25,12 +25,12 @@ def count_trainings(monkeypatch, fail=None):
     calls = []
     real_train = train_module.train
 
-    def counted(config, resume=False, progress=True):
+    def counted(config, resume=False, progress=True, device="auto"):
         job = Path(config.out).name
         calls.append((job, resume))
         if fail:
             fail(job, calls)
-        return real_train(config, resume=resume, progress=progress)
+        return real_train(config, resume=resume, progress=progress, device=device)
 
     monkeypatch.setattr(train_module, "train", counted)
     return calls
@@ -141,10 +141,19 @@ def test_parallel_workers_run_every_job_once_in_its_own_folder(tmp_path):
     config = TrainConfig(
         data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3, epochs=1, folds=2
     )
-    records = run_sweep(config, select_rows(["joint-redesign,sepnorm"]), 1, tmp_path, progress=False, jobs=2)
+    # two devices and no --jobs: one worker per device
+    records = run_sweep(config, select_rows(["joint-redesign,sepnorm"]), 1, tmp_path, progress=False,
+                        devices=["cpu", "cpu"])
+    assert all(r["device"] == "cpu" for r in records)
     assert sorted(r["job"] for r in records) == sorted(
         f"{row}-fold{f}-seed0" for row in ("joint-redesign", "sepnorm") for f in range(2)
     )
     assert all(r["status"] == "ok" for r in records)
     assert len(read_jsonl(tmp_path / "results.jsonl")) == 4
     assert all((tmp_path / r["folder"] / "metrics.json").exists() for r in records)
+
+
+def test_unknown_device_fails_before_any_job(tmp_path):
+    with pytest.raises(CrossSiteError, match="device"):
+        run_sweep(TrainConfig(**TINY), TWO_ROWS, seeds=1, out=tmp_path, progress=False, devices=["cpu", "tpu:3"])
+    assert not (tmp_path / "results.jsonl").exists()

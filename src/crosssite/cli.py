@@ -40,6 +40,7 @@ SETTING_FLAGS = [
     ("--eval-batch-size", "eval_batch_size", int, "batch size for validation and test"),
     ("--out", "out", str, "run folder"),
 ]
+DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
 COMPILE_HELP = "torch.compile the network first (minutes on a CPU; pays only for many images, see README Speed)"
 assert {f for _, f, _, _ in SETTING_FLAGS} | {"sites", "pepx_relu"} == {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -129,12 +130,14 @@ def cmd_evaluate(args) -> None:
     from .checkpoint import load_checkpoint, method_from_checkpoint
     from .data.images import DecodedCache
     from .data.sites import load_sites
+    from .distributed import device
     from .data.splits import load_splits, make_splits
     from .predict import site_index
     from .train import RunData, evaluate_part
 
     payload = load_checkpoint(Path(args.checkpoint))
     method, config, site_names = method_from_checkpoint(payload, args.checkpoint)
+    method.to(device(args.device))
     data_dir = args.data or config.data
     sites = load_sites(Path(data_dir) if data_dir else None, args.sites if args.sites is not None else config.sites)
     # which of the model's sites predicts for each loaded site; unknown sites only with --as-site
@@ -176,7 +179,7 @@ def cmd_predict(args) -> None:
     from .predict import predict_images
 
     rows = predict_images(Path(args.checkpoint), args.site, [Path(p) for p in args.images], args.batch_size,
-                          compile=args.compile)
+                          compile=args.compile, device=args.device)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -211,7 +214,8 @@ def cmd_sweep(args) -> None:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH")
     seeds = preset.seeds if args.seeds is None else args.seeds
     rows = select_rows(args.methods)
-    records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, jobs=args.jobs)
+    records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, jobs=args.jobs,
+                        devices=args.devices)
     failed = [r["job"] for r in records if r["status"] != "ok"]
     print(f"{args.out}: {len(records)} job(s) run, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
     print(f"results in {Path(args.out) / 'results.jsonl'}; tables and figures: crosssite report {args.out}")
@@ -253,9 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML settings file (e.g. a run's config.yaml); flags override it")
     add_setting_flags(train)
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train.add_argument(
-        "--device", default="auto", help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
-    )
+    train.add_argument("--device", default="auto", help=DEVICE_HELP)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 
@@ -278,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="P(COVID) for new images of a known site")
@@ -288,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    predict.add_argument("--device", default="auto", help=DEVICE_HELP)
     predict.set_defaults(func=cmd_predict)
 
     from .presets import PRESETS
@@ -306,7 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="sweep folder, e.g. results/NAME")
     add_setting_flags(sweep, exclude=("method", "backbone", "fold", "seed", "out"))
     sweep.add_argument(
-        "--jobs", type=int, default=1, help="jobs run at once in worker processes that split the CPU cores"
+        "--jobs", type=int,
+        help="jobs run at once in worker processes that split the CPU cores (default: one per --devices entry, else 1)",
+    )
+    sweep.add_argument(
+        "--devices", type=lambda text: [d.strip() for d in text.split(",") if d.strip()], metavar="LIST",
+        help="comma-separated devices, worker i on the i-th (cycled), e.g. cuda:0,cuda:1; "
+        "default: auto for every worker (" + DEVICE_HELP + ")",
     )
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep)

@@ -20,6 +20,7 @@ from .checkpoint import load_checkpoint, method_from_checkpoint
 from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.transforms import to_tensor
+from .distributed import device as resolve_device
 from .errors import CrossSiteError
 from .evaluate import predict_proba
 from .models.site_bn import SiteBatchNorm
@@ -52,6 +53,7 @@ def bn_distances(method, images: np.ndarray, batch_size: int = 64) -> list[float
         raise CrossSiteError(f"--site {AUTO} needs a model with site-specific batch norm "
                              f"(method {method.name!r} has none): pass a known site with --site")
     method.eval()
+    where = next(method.parameters()).device
     distances = []
     for site in range(method.num_sites):
         # per layer and channel: [count, sum, sum of squares] of the incoming activations
@@ -68,7 +70,7 @@ def bn_distances(method, images: np.ndarray, batch_size: int = 64) -> list[float
         handles = [layer.register_forward_pre_hook(record(k)) for k, layer in enumerate(layers)]
         try:
             for idx in eval_batches(len(images), batch_size):
-                method.predict(to_tensor(images[idx]), site)
+                method.predict(to_tensor(images[idx]).to(where), site)
         finally:
             for h in handles:
                 h.remove()
@@ -86,13 +88,15 @@ def bn_distances(method, images: np.ndarray, batch_size: int = 64) -> list[float
 
 
 def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = 64,
-                   compile: bool = False) -> list[dict]:
+                   compile: bool = False, device: str = "auto") -> list[dict]:
     """One dict per image: path, P(COVID) and predicted label (P(COVID) >= 0.5).
 
+    `device`: where the network runs (see crosssite.distributed.device; "auto" = a GPU when there is one).
     With site "auto" every row also carries the chosen `site` and `bn_distance`, each known site's distance.
     """
     payload = load_checkpoint(checkpoint)
     method, config, site_names = method_from_checkpoint(payload, checkpoint)
+    method.to(resolve_device(device))
     if site != AUTO:
         index = site_index(site_names, site, checkpoint)
     if not images:

@@ -10,9 +10,10 @@ A restarted sweep skips finished jobs (metrics.json written and an "ok" line in 
 resumes an interrupted one from its last.pt and runs failed ones again. A finished job keeps
 best.pt (the tested weights) and drops last.pt, its resume state, which is three times larger.
 
-Jobs are planned by `plan` and run by `run_job`, which depends on nothing but its Job: one by one,
-or with `jobs=N` in N worker processes that share the CPU cores (each job has its own folder, and
-only this process appends to results.jsonl).
+Jobs are planned by `plan` and run by `run_job`, which depends on nothing but its Job and device:
+one by one, or with `jobs=N` in N worker processes that share the CPU cores (each job has its own
+folder, and only this process appends to results.jsonl). `devices` gives each worker its own device
+(worker i gets devices[i % len(devices)], e.g. one GPU each).
 """
 
 from __future__ import annotations
@@ -115,9 +116,12 @@ def finished(job: Job, records: list[dict]) -> bool:
     )
 
 
-def run_job(job: Job) -> dict:
-    """Train one job in-process (resuming from its last.pt) and return its results.jsonl record."""
+def run_job(job: Job, device: str | None = None) -> dict:
+    """Train one job in-process (resuming from its last.pt) on `device` (default: this worker's) and
+    return its results.jsonl record."""
     from .train import train
+
+    device = device or _worker_device
 
     record = {
         "job": job.name,
@@ -127,10 +131,11 @@ def run_job(job: Job) -> dict:
         "fold": job.fold,
         "seed": job.seed,
         "folder": str(Path("jobs") / job.name),
+        "device": device,
     }
     started = time.time()
     try:
-        metrics = train(job.config, resume=(job.folder / "last.pt").exists(), progress=False)
+        metrics = train(job.config, resume=(job.folder / "last.pt").exists(), progress=False, device=device)
     except Exception as e:  # a failed job is recorded and the sweep goes on; Ctrl-C still stops it
         return {**record, "status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": round(time.time() - started, 2)}
     return {
@@ -168,22 +173,33 @@ def check_settings(out: Path, settings: dict) -> None:
         atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
 
 
-def _init_worker(threads: int) -> None:
-    """A worker's share of the cores; on Linux it dies with the sweep (a restart never races it)."""
+#: the device of this worker process's jobs (set once per worker by `_init_worker`)
+_worker_device = "auto"
+
+
+def _init_worker(threads: int, devices) -> None:
+    """A worker's share of the cores and its device; on Linux it dies with the sweep (a restart never races it)."""
     import torch
 
+    global _worker_device
+    _worker_device = devices.get()  # each worker takes one entry of the queue
     torch.set_num_threads(threads)
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _run_all(todo: list[Job], workers: int) -> Iterator[tuple[Job, dict]]:
-    """(job, record) as jobs end: in this process, or in `workers` processes splitting the cores."""
+def _run_all(todo: list[Job], workers: int, devices: list[str]) -> Iterator[tuple[Job, dict]]:
+    """(job, record) as jobs end: in this process, or in `workers` processes splitting the cores,
+    worker i on devices[i % len(devices)]."""
     if workers == 1:
-        yield from ((job, run_job(job)) for job in todo)
+        yield from ((job, run_job(job, devices[0])) for job in todo)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
+    context = get_context("spawn")
+    queue = context.Queue()
+    for i in range(workers):
+        queue.put(devices[i % len(devices)])
+    with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(threads, queue)) as pool:
         futures = {pool.submit(run_job, job): job for job in todo}
         try:
             for future in as_completed(futures):
@@ -194,9 +210,12 @@ def _run_all(todo: list[Job], workers: int) -> Iterator[tuple[Job, dict]]:
 
 
 def run_sweep(
-    base: TrainConfig, rows: list[Row], seeds: int, out: Path, progress: bool = True, jobs: int = 1
+    base: TrainConfig, rows: list[Row], seeds: int, out: Path, progress: bool = True, jobs: int | None = None,
+    devices: list[str] | None = None,
 ) -> list[dict]:
-    """Run every job not finished yet (`jobs` at a time); return the records written in this call."""
+    """Run every job not finished yet (`jobs` at a time, default one per device); return the records
+    written in this call. `devices`: one per worker, cycled (default: "auto" for every worker)."""
+    from .distributed import device
     from .methods import METHODS
 
     missing = sorted({r.method for r in rows} - set(METHODS))
@@ -205,6 +224,10 @@ def run_sweep(
     base.validate()
     if seeds < 1:
         raise CrossSiteError(f"seeds must be at least 1, got {seeds}")
+    devices = devices or ["auto"]
+    for name in devices:
+        device(name)  # an unknown device, or CUDA where there is none: one clear error before any job starts
+    jobs = len(devices) if jobs is None else jobs
     if jobs < 1:
         raise CrossSiteError(f"--jobs must be at least 1, got {jobs}")
     out = Path(out)
@@ -217,7 +240,7 @@ def run_sweep(
     written = []
     bar = tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="job", disable=not progress)
     with bar:
-        for job, record in _run_all(todo, jobs):
+        for job, record in _run_all(todo, jobs, devices):
             bar.set_postfix_str(job.name)
             append_jsonl(results, record)
             written.append(record)

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from crosssite.models import layers
-from crosssite.models.layers import PointwiseConv, max_pool_2x2, relu_max_pool_2x2
+from crosssite.models import create_model
+from crosssite.models.layers import PointwiseConv, as_torch_layers, max_pool_2x2, relu_max_pool_2x2
 
 SHAPES = [(2, 3, 8, 8), (2, 5, 7, 7), (3, 4, 6, 9), (1, 2, 3, 3)]  # odd sides: the last row/column is dropped
 
@@ -89,3 +90,16 @@ def test_pointwise_conv_takes_the_matrix_product_only_on_small_channels_last_map
     conv(torch.randn(1, 4, 7, 7).contiguous(memory_format=torch.channels_last))
     assert calls
     assert list(conv.state_dict()) == list(torch.nn.Conv2d(4, 4, 1).state_dict())
+
+
+@pytest.mark.parametrize("name", ["covidnet-redesign", "covidnet"])
+def test_as_torch_layers_computes_the_same_with_torch_layers_only(name):
+    torch.manual_seed(0)
+    net = create_model(name, width=0.125, image_size=64).train()
+    x = torch.randn(4, 3, 64, 64)
+    params = dict(net.named_parameters())
+    expected = net(x)
+    plain = as_torch_layers(net)
+    assert not [m for m in plain.modules() if type(m).__module__ == layers.__name__]
+    assert {n: p for n, p in plain.named_parameters()} == params  # the very same parameter objects
+    torch.testing.assert_close(plain(x), expected)

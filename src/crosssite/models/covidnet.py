@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layers import MaxPool2x2, PointwiseConv, ReLUMaxPool2x2, max_pool_2x2
+from .layers import MaxPool2x2, PointwiseConv, ReLUMaxPool2x2
 
 STEM_CHANNELS = 64
 STAGE_CHANNELS = (256, 512, 1024, 2048)
@@ -133,7 +133,8 @@ class Stage(nn.Module):
         elif downsample:
             upper.append(MaxPool2x2())
         self.upper = nn.Sequential(*upper)
-        self.downsample = downsample
+        # the previous stage's map, max pooled for the first block (a module, like every layer here)
+        self.pool_input = MaxPool2x2() if downsample else nn.Identity()
         self.blocks = nn.ModuleList(
             [PEPX(in_channels, out_channels, relu=pepx_relu)]
             + [PEPX(out_channels, out_channels, relu=pepx_relu) for _ in range(num_blocks - 1)]
@@ -141,8 +142,7 @@ class Stage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         total = self.upper(x)
-        if self.downsample:
-            x = max_pool_2x2(x)
+        x = self.pool_input(x)
         total = total + self.blocks[0](x)
         for block in self.blocks[1:]:
             total = total + block(total)

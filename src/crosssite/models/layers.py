@@ -92,3 +92,26 @@ class ReLUMaxPool2x2(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return relu_max_pool_2x2(x)
+
+
+def as_torch_layers(module: nn.Module) -> nn.Module:
+    """Put torch's own layers in place of this module's layers (in place; parameters stay the same objects).
+
+    The result computes the same function the plain way: what a straightforward implementation of
+    the network runs (benchmarks/throughput.py's baseline), and what tools that know only torch's
+    layer types (exporters, other libraries) expect.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, PointwiseConv):
+            conv = nn.Conv2d(child.in_channels, child.out_channels, kernel_size=1)
+            conv.weight, conv.bias = child.weight, child.bias
+            replacement: nn.Module = conv
+        elif isinstance(child, ReLUMaxPool2x2):
+            replacement = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2))
+        elif isinstance(child, MaxPool2x2):
+            replacement = nn.MaxPool2d(2)
+        else:
+            as_torch_layers(child)
+            continue
+        setattr(module, name, replacement)
+    return module
