@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -65,6 +66,9 @@ def _worker(rank: int, out: str):
     dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=2)
     torch.set_num_threads(1)  # two processes on the CPU's cores
     torch.save({name: _train_steps(name) for name in sorted(METHODS)}, f"{out}/steps.{rank}")
+    shares = []
+    result = distributed.spread(np.arange(7), lambda part: shares.append(part.tolist()) or part * 10)
+    torch.save({"result": result.tolist(), "shares": shares}, f"{out}/spread.{rank}")
     _train_killed_and_resumed(out)
     dist.destroy_process_group()
 
@@ -105,6 +109,13 @@ def test_two_processes_take_the_same_steps_as_one(two_processes):
         for k in floats:
             if "running" in k:
                 torch.testing.assert_close(ranks[0][name][1][k], ranks[1][name][1][k], rtol=0, atol=0)
+
+
+def test_validation_work_is_shared_out_and_gathered_in_order(two_processes):
+    for rank in range(2):
+        saved = torch.load(two_processes / f"spread.{rank}", weights_only=True)
+        assert saved["shares"] == [list(range(rank, 7, 2))]  # each process predicts only its share
+        assert saved["result"] == [10 * i for i in range(7)]  # and every process gets all, in order
 
 
 def _cli_run(tmp_path, name: str, launcher: list[str]) -> str:

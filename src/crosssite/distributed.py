@@ -14,6 +14,8 @@ its 1/N share of every site's batch, so the global batch stays `batch_per_site` 
   running buffers after each step would be cheaper, but the forward pass would then normalise with
   1/N of the site's batch and train a different model than one process does;
 - the contrastive loss compares the whole global batch (`gather`), as in one process;
+- validation and testing are shared out (`spread`): each rank predicts 1/N of the images and all
+  ranks get every prediction;
 - only rank 0 writes files (`crosssite.io` skips writes elsewhere; all ranks compute the same results).
 
 So N processes train what one process trains with the same global batch, up to float rounding
@@ -26,6 +28,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -128,6 +131,20 @@ class _AllGather(torch.autograd.Function):
 def gather(x: torch.Tensor) -> torch.Tensor:
     """The global batch of a per-rank tensor (gradients flow back to each rank's rows); `x` itself outside torchrun."""
     return _AllGather.apply(x) if active() else x
+
+
+def spread(items: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """`compute(items)`, shared out under torchrun: each rank computes every size-th item from its rank
+    on, and every rank gets all results in order (validation and testing: no rank repeats another)."""
+    if not active():
+        return compute(items)
+    size, rank_ = world_size(), rank()
+    parts: list = [None] * size
+    dist.all_gather_object(parts, compute(items[rank_::size]))
+    result = np.empty(len(items), dtype=np.result_type(*parts))
+    for r, part in enumerate(parts):
+        result[r::size] = part
+    return result
 
 
 class SyncedBatchNorm(_BatchNorm):

@@ -17,6 +17,7 @@ from sklearn.metrics import (
 
 from .data.sampling import eval_batches
 from .data.transforms import to_tensor
+from .distributed import spread
 from .inference import inference_network
 
 METRIC_NAMES = ("accuracy", "f1", "recall", "precision", "auc", "specificity")
@@ -27,17 +28,19 @@ def predict_proba(method, images: np.ndarray, site: int, batch_size: int = 64, c
     """P(COVID) for a (N, s, s) uint8 array of eval-size images of one site.
 
     Runs the fast copy of `method.predict(., site)` (batch norms folded, channels_last; see
-    crosssite.inference); `compile` adds torch.compile.
+    crosssite.inference); `compile` adds torch.compile. Under torchrun the processes share the images.
     """
     method.eval()
-    if len(images) == 0:
-        return np.zeros(0)
     net = inference_network(method, site, compile=compile)
-    probs = []
-    for idx in eval_batches(len(images), batch_size):
-        logits = net(to_tensor(images[idx]))
-        probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
-    return np.concatenate(probs)
+
+    def run(part: np.ndarray) -> np.ndarray:
+        probs = [np.zeros(0, dtype=np.float32)]
+        for idx in eval_batches(len(part), batch_size):
+            logits = net(to_tensor(part[idx]))
+            probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
+        return np.concatenate(probs)
+
+    return spread(images, run)  # under torchrun each process predicts its share
 
 
 def site_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
