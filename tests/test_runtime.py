@@ -63,10 +63,12 @@ def test_channels_last_layout_keeps_values_and_parameters():
 
 
 def test_training_step_in_channels_last_matches_the_plain_step():
-    """make_update (channels_last) and method.update on NCHW tensors: same loss, same gradients."""
+    """make_update (channels_last, crosssite's layers) and method.update of the same network in torch's
+    own layers on NCHW tensors: same loss, same gradients."""
     from crosssite.config import TrainConfig
     from crosssite.distributed import make_update
     from crosssite.methods import create_method
+    from crosssite.models.layers import as_torch_layers
 
     def method():
         torch.manual_seed(0)
@@ -75,6 +77,8 @@ def test_training_step_in_channels_last_matches_the_plain_step():
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 3, 64, 64, generator=g), torch.tensor([0, 1, 0, 1])) for _ in range(2)]
     plain, ours = method(), method()
+    as_torch_layers(plain)
+    assert not [m for m in plain.modules() if type(m).__module__ == "crosssite.models.layers"]
     want = plain.update(batches)
     got = make_update(ours)(batches)
     assert got == pytest.approx(want, rel=1e-5)
