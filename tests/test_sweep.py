@@ -157,3 +157,34 @@ def test_unknown_device_fails_before_any_job(tmp_path):
     with pytest.raises(CrossSiteError, match="device"):
         run_sweep(TrainConfig(**TINY), TWO_ROWS, seeds=1, out=tmp_path, progress=False, devices=["cpu", "tpu:3"])
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_rows_with_fewer_seeds_run_last_and_rows_apply_their_own_settings(tmp_path):
+    from crosssite.sweep import parse_row_seeds, plan
+
+    rows = select_rows(["contrastive,contrastive-alpha0.1,sepnorm-grouped"])
+    row_seeds = parse_row_seeds(["grouped=1"], rows, seeds=2)
+    assert row_seeds == {"sepnorm-grouped": 1}
+    jobs = plan(TrainConfig(**TINY), rows, 2, tmp_path, row_seeds)
+    assert [j.name for j in jobs] == [
+        "contrastive-fold0-seed0", "contrastive-fold1-seed0", "contrastive-alpha0.1-fold0-seed0",
+        "contrastive-alpha0.1-fold1-seed0", "contrastive-fold0-seed1", "contrastive-fold1-seed1",
+        "contrastive-alpha0.1-fold0-seed1", "contrastive-alpha0.1-fold1-seed1",
+        "sepnorm-grouped-fold0-seed0", "sepnorm-grouped-fold1-seed0",
+    ]
+    by_name = {j.name: j.config for j in jobs}
+    assert by_name["contrastive-alpha0.1-fold0-seed1"].alpha == 0.1 and by_name["contrastive-fold0-seed1"].alpha == 1.0
+    assert by_name["sepnorm-grouped-fold1-seed0"].group_duplicates == 0.95
+    with pytest.raises(CrossSiteError, match="not in this sweep"):
+        parse_row_seeds(["joint-redesign=1"], rows, seeds=2)
+    with pytest.raises(CrossSiteError, match="1..2"):
+        parse_row_seeds(["grouped=5"], rows, seeds=2)
+
+
+def test_sweep_yaml_records_command_and_commit_without_comparing_them(tmp_path):
+    run_sweep(TrainConfig(**TINY), TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False, command="crosssite sweep X")
+    saved = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    assert saved["started_by"]["command"] == "crosssite sweep X" and saved["started_by"]["commit"]
+    assert run_sweep(TrainConfig(**TINY), TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False, command="other") == []
+    record = read_jsonl(tmp_path / "results.jsonl")[0]
+    assert record["commit"] and set(record["tail_auc"]) == {"sars-cov-2-ct", "covid-ct"}

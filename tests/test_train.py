@@ -38,8 +38,13 @@ def test_train_writes_metrics_of_the_documented_shape(tmp_path, method):
     split = json.loads((out / "split.json").read_text())
     assert "covid-ct" in json.dumps(split)
     rows = (out / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "site,path,label,p_covid"
+    assert rows[0] == "site,path,patient,label,p_covid"
     assert len(rows) - 1 == sum(s["n"] for s in on_disk["sites"].values())
+    # both epochs are within the last tail_epochs (3): their test predictions are kept for the report
+    tail = (out / "tail_predictions.csv").read_text().splitlines()
+    assert tail[0] == "epoch,site,path,patient,label,p_covid" and len(tail) - 1 == 2 * (len(rows) - 1)
+    assert set(on_disk["tail_auc"]["covid-ct"]) == {"1", "2"}
+    assert any(r.split(",")[2] for r in rows[1:] if r.startswith("covid-ct"))  # covid-ct has patient ids
 
 
 def final_weights(out):
@@ -54,11 +59,11 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch
     real_evaluate = train_module.evaluate_part
     calls = {"n": 0}
 
-    def evaluate_then_die(*args, **kwargs):
-        calls["n"] += 1
+    def evaluate_then_die(method, data, part, *args, **kwargs):
+        calls["n"] += part == "val"
         if calls["n"] == 2:  # in epoch 2, after its training steps, before its checkpoint
             raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
+        return real_evaluate(method, data, part, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "evaluate_part", evaluate_then_die)
     with pytest.raises(KeyboardInterrupt):
@@ -73,6 +78,31 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch
         torch.testing.assert_close(whole[k], resumed[k], rtol=0, atol=0, msg=k)
     log = read_jsonl(tmp_path / "killed" / "train_log.jsonl")
     assert [r["epoch"] for r in log] == [1, 2, 3]
+    tail = [(tmp_path / name / "tail_predictions.csv").read_text() for name in ("whole", "killed")]
+    assert tail[0] == tail[1]
+
+
+def test_single_takes_each_sites_network_from_its_own_best_epoch(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, method="single", epochs=3)
+    real_evaluate = train_module.evaluate_part
+    val_aucs = {"sars-cov-2-ct": [0.6, 0.9, 0.7], "covid-ct": [0.8, 0.5, 0.6]}  # best epochs 2 and 1
+    weights = []
+
+    def scripted_validation(method, data, part, *args, **kwargs):
+        per_site, rows = real_evaluate(method, data, part, *args, **kwargs)
+        if part == "val":
+            weights.append({k: v.clone() for k, v in method.state_dict().items()})
+            per_site = {s: {**m, "auc": val_aucs[s][len(weights) - 1]} for s, m in per_site.items()}
+        return per_site, rows
+
+    monkeypatch.setattr(train_module, "evaluate_part", scripted_validation)
+    metrics = train_module.train(config, progress=False)
+    assert metrics["site_best_epochs"] == {"sars-cov-2-ct": 2, "covid-ct": 1}
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+    for key, value in best.items():
+        epoch = 2 if key.startswith("nets.0.") else 1
+        torch.testing.assert_close(value, weights[epoch - 1][key], rtol=0, atol=0, msg=key)
+    assert not torch.equal(weights[0]["nets.0.classifier.0.weight"], weights[1]["nets.0.classifier.0.weight"])
 
 
 def test_resume_refuses_changed_settings(tmp_path):

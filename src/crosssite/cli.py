@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,11 +34,15 @@ SETTING_FLAGS = [
     ("--grad-clip", "grad_clip", float, "gradient-norm clipping"),
     ("--temperature", "temperature", float, "NT-Xent temperature"),
     ("--alpha", "alpha", float, "weight of the contrastive loss"),
+    ("--projection-head", "projection_head", str,
+     "end of the contrastive projection head: bn-relu (reference code) or linear (ablation)"),
     ("--kd-temperature", "kd_temperature", float, "ms-net: temperature of the knowledge transfer (KL) term"),
     ("--kd-weight", "kd_weight", float, "ms-net: universal head loss = (1 - w) CE + w KL"),
     ("--group-duplicates", "group_duplicates", float,
      "fold split: group near-duplicate images (thumbnail correlation >= this, e.g. 0.95) so none straddles parts"),
     ("--eval-batch-size", "eval_batch_size", int, "batch size for validation and test"),
+    ("--tail-epochs", "tail_epochs", int,
+     "test predictions of the last K epochs are kept (tail_predictions.csv) for the report; never for selection"),
     ("--out", "out", str, "run folder"),
 ]
 DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
@@ -209,7 +214,7 @@ def cmd_adapt(args) -> None:
 
 def cmd_sweep(args) -> None:
     from .presets import get_preset
-    from .sweep import run_sweep, select_rows
+    from .sweep import parse_row_seeds, run_sweep, select_rows
 
     preset = get_preset(args.preset)
     config = preset.config.replace(**setting_changes(args))
@@ -217,8 +222,9 @@ def cmd_sweep(args) -> None:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH")
     seeds = preset.seeds if args.seeds is None else args.seeds
     rows = select_rows(args.methods)
+    command = shlex.join(["crosssite", *sys.argv[1:]])
     records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, jobs=args.jobs,
-                        devices=args.devices)
+                        devices=args.devices, row_seeds=parse_row_seeds(args.row_seeds, rows, seeds), command=command)
     failed = [r["job"] for r in records if r["status"] != "ok"]
     print(f"{args.out}: {len(records)} job(s) run, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
     print(f"results in {Path(args.out) / 'results.jsonl'}; tables and figures: crosssite report {args.out}")
@@ -298,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     from .presets import PRESETS
-    from .sweep import ROWS
+    from .sweep import ROW_GROUPS, ROWS
 
     sweep = sub.add_parser("sweep", help="train every Table I job (rows x folds x seeds); restart to resume")
     sweep.add_argument(
@@ -307,9 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--methods", nargs="+", default=["all"], metavar="ROW",
-        help="Table I rows, comma or space separated: all (default) or " + ", ".join(r.name for r in ROWS),
+        help="rows, comma or space separated: a group (" + ", ".join(ROW_GROUPS) + "; default all) or rows: "
+        + ", ".join(r.name for r in ROWS),
     )
     sweep.add_argument("--seeds", type=int, help="number of seeds, run as 0..N-1 (default: the preset's)")
+    sweep.add_argument(
+        "--row-seeds", action="append", metavar="ROWS=N",
+        help="run these rows (a group or comma list) at N < --seeds seeds only; repeatable; they run after the others",
+    )
     sweep.add_argument("--out", required=True, help="sweep folder, e.g. results/NAME")
     add_setting_flags(sweep, exclude=("method", "backbone", "fold", "seed", "out"))
     sweep.add_argument(

@@ -39,10 +39,12 @@ class TrainConfig:
     grad_clip: float = 2.0  # gradient-norm clipping, reference code
     temperature: float = 0.05  # NT-Xent temperature (contrastive)
     alpha: float = 1.0  # weight of the contrastive loss (contrastive)
+    projection_head: str = "bn-relu"  # end of the projection head: "bn-relu" (reference code) or "linear" (ours)
     kd_temperature: float = 2.0  # softening of MS-Net's knowledge transfer (ms-net; see docs/methods.md)
     kd_weight: float = 0.5  # MS-Net universal head: (1 - w) CE + w KL; 0.5/0.5 as liuquande/MS-Net main.py
     group_duplicates: float | None = None  # fold split: keep near-duplicates (correlation >= this) in one part
     eval_batch_size: int = 64
+    tail_epochs: int = 3  # test predictions of the last k epochs are kept for the report (never for selection)
     out: str = "runs/default"
 
     def validate(self) -> None:
@@ -68,6 +70,10 @@ class TrainConfig:
             problems.append(
                 f"kd_temperature must be positive and kd_weight in [0, 1], got {self.kd_temperature}, {self.kd_weight}"
             )
+        if self.projection_head not in ("bn-relu", "linear"):
+            problems.append(f"projection_head must be 'bn-relu' or 'linear', got {self.projection_head!r}")
+        if self.tail_epochs < 1:
+            problems.append(f"tail_epochs must be at least 1 (all epochs when more than epochs), got {self.tail_epochs}")
         if self.group_duplicates is not None and (self.split != "fold" or not 0 < self.group_duplicates <= 1):
             problems.append(f"group_duplicates must be a correlation in (0, 1] and needs split 'fold', "
                             f"got {self.group_duplicates} with split {self.split!r}")

@@ -1,9 +1,10 @@
 """Cross-validated sweeps: every (Table I row, fold, seed) job, resumable, one line per job.
 
 Sweep folder (`out`):
-  sweep.yaml      the sweep's settings (rows, folds, seeds, base config); a restart must match them
+  sweep.yaml      the sweep's settings (rows, folds, seeds, rows run at fewer seeds, base config); a restart
+                  must match them. Also the command and code commit that started it (not compared).
   results.jsonl   one JSON line per job that ended: settings, status ("ok" or "failed"), error,
-                  wall time and per-site test metrics; `crosssite report` reads it
+                  wall time, code commit and per-site test metrics; `crosssite report` reads it
   jobs/NAME/      one `crosssite train` run folder per job, NAME = ROW-foldF-seedS
 
 A restarted sweep skips finished jobs (metrics.json written and an "ok" line in results.jsonl),
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -39,16 +41,18 @@ from .io import append_jsonl, atomic_write_text, read_jsonl
 
 @dataclass(frozen=True)
 class Row:
-    """One row of Table I: a method on a backbone, and how the report names it."""
+    """One row of a table: a method on a backbone with settings of its own, and how the report names it."""
 
     name: str
     display: str
     method: str
     backbone: str = "covidnet-redesign"
+    settings: tuple[tuple[str, object], ...] = ()  # TrainConfig fields this row sets over the sweep's
+    group: str = "table1"  # table1 (the paper's rows), ablation or grouped (duplicate-grouped folds)
 
 
-#: Table I of Wang, Liu & Dou 2020, in the paper's order: the one list of rows the sweep runs
-ROWS = [
+#: Table I of Wang, Liu & Dou 2020, in the paper's order
+TABLE1_ROWS = [
     Row("single-covidnet", "Single (COVID-Net)", "single", "covidnet"),
     Row("single-redesign", "Single (redesigned)", "single"),
     Row("joint-covidnet", "Joint (COVID-Net)", "joint", "covidnet"),
@@ -59,21 +63,55 @@ ROWS = [
     Row("sepnorm", "SepNorm", "sepnorm"),
     Row("contrastive", "Contrastive (ours)", "contrastive"),
 ]
+#: ablations of the paper's method (ours, not the paper's; docs/methods.md)
+ABLATION_ROWS = [
+    Row("contrastive-alpha0.1", "Contrastive, alpha 0.1", "contrastive", settings=(("alpha", 0.1),), group="ablation"),
+    Row("contrastive-linear-head", "Contrastive, linear projection end", "contrastive",
+        settings=(("projection_head", "linear"),), group="ablation"),
+    Row("contrastive-tau0.2", "Contrastive, tau 0.2", "contrastive", settings=(("temperature", 0.2),), group="ablation"),
+]
+#: rows re-run on folds that keep near-duplicate images together (Site A has no patient ids)
+GROUPED_ROWS = [
+    Row(f"{name}-grouped", f"{display}, grouped folds", method, settings=(("group_duplicates", 0.95),), group="grouped")
+    for name, display, method in (
+        ("joint-redesign", "Joint (redesigned)", "joint"),
+        ("sepnorm", "SepNorm", "sepnorm"),
+        ("contrastive", "Contrastive (ours)", "contrastive"),
+    )
+]
+ROWS = TABLE1_ROWS + ABLATION_ROWS + GROUPED_ROWS  # the one list of rows a sweep can run, in report order
 ROW_BY_NAME = {r.name: r for r in ROWS}
+ROW_GROUPS = {"table1": TABLE1_ROWS, "ablations": ABLATION_ROWS, "grouped": GROUPED_ROWS, "all": ROWS}
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def select_rows(names: list[str]) -> list[Row]:
-    """Rows by name ("all" = every row), in Table I's order; a name may be a comma-separated list."""
+    """Rows by name or group (table1, ablations, grouped, all), in report order; a name may be a
+    comma-separated list."""
     wanted = [n for item in names for n in item.replace(",", " ").split()]
-    if wanted == ["all"]:
-        return list(ROWS)
-    unknown = [n for n in wanted if n not in ROW_BY_NAME]
+    unknown = [n for n in wanted if n not in ROW_BY_NAME and n not in ROW_GROUPS]
     if unknown or not wanted:
         raise CrossSiteError(
-            f"unknown row(s) {', '.join(unknown) or '(none given)'} for --methods; known: all, {', '.join(ROW_BY_NAME)}"
+            f"unknown row(s) {', '.join(unknown) or '(none given)'} for --methods; known: "
+            f"{', '.join(ROW_GROUPS)}, {', '.join(ROW_BY_NAME)}"
         )
-    return [r for r in ROWS if r.name in wanted]  # Table I's order, whatever the order given
+    chosen = {r.name for n in wanted for r in ROW_GROUPS.get(n, [ROW_BY_NAME.get(n)])}
+    return [r for r in ROWS if r.name in chosen]  # report order, whatever the order given
+
+
+def parse_row_seeds(items: list[str] | None, rows: list[Row], seeds: int) -> dict[str, int]:
+    """`ROW=N` items (a ROW may be a group or a comma list) -> {row: N} for rows run at fewer seeds."""
+    row_seeds = {}
+    for item in items or []:
+        names, _, number = item.partition("=")
+        if not number.strip().isdigit() or not 1 <= int(number) <= seeds:
+            raise CrossSiteError(f"--row-seeds {item!r}: expected ROW=N with N in 1..{seeds} (the sweep's --seeds)")
+        for name in names.replace(",", " ").split():
+            chosen = [r for r in select_rows([name]) if name not in ROW_GROUPS or r in rows]  # a group: its rows here
+            if any(r not in rows for r in chosen):
+                raise CrossSiteError(f"--row-seeds {item!r}: row {name} is not in this sweep's --methods")
+            row_seeds.update({r.name: int(number) for r in chosen})
+    return {name: n for name, n in row_seeds.items() if n < seeds}
 
 
 @dataclass(frozen=True)
@@ -96,18 +134,39 @@ def job_name(row: str, fold: int, seed: int) -> str:
     return f"{row}-fold{fold}-seed{seed}"
 
 
-def plan(base: TrainConfig, rows: list[Row], seeds: int, out: Path) -> list[Job]:
-    """Every (row, seed, fold) job, seeds outermost so that a stopped sweep has whole seeds done."""
+def planned_names(rows: list[Row], folds: int, seeds: int, row_seeds: dict[str, int]) -> list[tuple[Row, int, int]]:
+    """Every (row, fold, seed) in running order: rows run at every seed first, seeds outermost, so that a
+    stopped sweep holds whole seeds of its main comparison; then the rows run at fewer seeds."""
+    cells = [(row, fold, seed) for seed in range(seeds) for row in rows for fold in range(folds)
+             if seed < row_seeds.get(row.name, seeds)]
+    return sorted(cells, key=lambda c: (c[0].name in row_seeds, c[2]))  # stable: keeps row and fold order
+
+
+def plan(base: TrainConfig, rows: list[Row], seeds: int, out: Path, row_seeds: dict[str, int] | None = None) -> list[Job]:
+    """Every job with its complete config (the row's own settings over the sweep's)."""
     jobs = []
-    for seed in range(seeds):
-        for row in rows:
-            for fold in range(base.folds):
-                name = job_name(row.name, fold, seed)
-                config = base.replace(
-                    method=row.method, backbone=row.backbone, fold=fold, seed=seed, out=str(out / "jobs" / name)
-                )
-                jobs.append(Job(row, fold, seed, config))
+    for row, fold, seed in planned_names(rows, base.folds, seeds, row_seeds or {}):
+        name = job_name(row.name, fold, seed)
+        config = base.replace(**dict(row.settings)).replace(
+            method=row.method, backbone=row.backbone, fold=fold, seed=seed, out=str(out / "jobs" / name)
+        )
+        jobs.append(Job(row, fold, seed, config))
     return jobs
+
+
+def code_commit() -> str:
+    """The git commit of the crosssite code that runs (with '+changes' if the checkout differs from it),
+    or 'unknown' outside a git checkout."""
+    here = Path(__file__).parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--", ".") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def finished(job: Job, records: list[dict]) -> bool:
@@ -132,6 +191,7 @@ def run_job(job: Job, device: str | None = None) -> dict:
         "seed": job.seed,
         "folder": str(Path("jobs") / job.name),
         "device": device,
+        "commit": code_commit(),
     }
     started = time.time()
     try:
@@ -144,24 +204,32 @@ def run_job(job: Job, device: str | None = None) -> dict:
         "seconds": round(time.time() - started, 2),
         "best_epoch": metrics["best_epoch"],
         "sites": metrics["sites"],
+        "tail_auc": metrics["tail_auc"],
     }
 
 
-def sweep_settings(base: TrainConfig, rows: list[Row], seeds: int) -> dict:
+def sweep_settings(base: TrainConfig, rows: list[Row], seeds: int, row_seeds: dict[str, int] | None = None) -> dict:
     per_job = ("method", "backbone", "fold", "seed", "out")
     return {
         "rows": [r.name for r in rows],
         "folds": base.folds,
         "seeds": seeds,
+        "row_seeds": dict(row_seeds or {}),
         "config": {k: v for k, v in base.to_dict().items() if k not in per_job},
     }
 
 
-def check_settings(out: Path, settings: dict) -> None:
+#: sweep.yaml's record of how the sweep was started: written once, never compared
+PROVENANCE = "started_by"
+
+
+def check_settings(out: Path, settings: dict, command: str | None = None) -> None:
     """Write sweep.yaml, or check that a restarted sweep uses the settings it was started with."""
     path = out / "sweep.yaml"
     if path.exists():
         saved = yaml.safe_load(path.read_text())
+        saved.pop(PROVENANCE, None)
+        saved.setdefault("row_seeds", {})  # sweeps from before per-row seeds
         if saved != settings:
             changed = [k for k in settings if k != "config" and saved.get(k) != settings[k]]
             changed += [f"config.{k}" for k, v in settings["config"].items() if saved.get("config", {}).get(k) != v]
@@ -170,7 +238,8 @@ def check_settings(out: Path, settings: dict) -> None:
                 "use the same flags or another --out"
             )
     else:
-        atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
+        provenance = {"command": command or "(not recorded: started from Python)", "commit": code_commit()}
+        atomic_write_text(path, yaml.safe_dump({**settings, PROVENANCE: provenance}, sort_keys=False))
 
 
 #: the device of this worker process's jobs (set once per worker by `_init_worker`)
@@ -211,10 +280,11 @@ def _run_all(todo: list[Job], workers: int, devices: list[str]) -> Iterator[tupl
 
 def run_sweep(
     base: TrainConfig, rows: list[Row], seeds: int, out: Path, progress: bool = True, jobs: int | None = None,
-    devices: list[str] | None = None,
+    devices: list[str] | None = None, row_seeds: dict[str, int] | None = None, command: str | None = None,
 ) -> list[dict]:
     """Run every job not finished yet (`jobs` at a time, default one per device); return the records
-    written in this call. `devices`: one per worker, cycled (default: "auto" for every worker)."""
+    written in this call. `devices`: one per worker, cycled (default: "auto" for every worker);
+    `row_seeds`: rows run at fewer than `seeds` seeds; `command`: recorded in sweep.yaml."""
     from .distributed import device
     from .methods import METHODS
 
@@ -222,6 +292,8 @@ def run_sweep(
     if missing:
         raise CrossSiteError(f"method(s) {', '.join(missing)} of Table I are not in the registry (known: {', '.join(METHODS)})")
     base.validate()
+    for row in rows:
+        base.replace(**dict(row.settings)).validate()
     if seeds < 1:
         raise CrossSiteError(f"seeds must be at least 1, got {seeds}")
     devices = devices or ["auto"]
@@ -232,9 +304,9 @@ def run_sweep(
         raise CrossSiteError(f"--jobs must be at least 1, got {jobs}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, sweep_settings(base, rows, seeds))
+    check_settings(out, sweep_settings(base, rows, seeds, row_seeds), command)
     results = out / "results.jsonl"
-    planned = plan(base, rows, seeds, out)
+    planned = plan(base, rows, seeds, out, row_seeds)
     done = read_jsonl(results)
     todo = [j for j in planned if not finished(j, done)]
     written = []

@@ -5,9 +5,13 @@ Run folder (`config.out`):
   split.json        the exact train/val/test images of every site
   train_log.jsonl   one line per epoch: losses, learning rate, validation metrics
   last.pt           everything needed to resume, rewritten atomically after every epoch
-  best.pt           weights with the best mean validation AUC over sites (evaluated on test)
-  metrics.json      per-site test metrics of best.pt
-  predictions.csv   one row per test image: site, path, label, P(COVID)
+  best.pt           weights with the best mean validation AUC over sites (evaluated on test); for a method
+                    whose sites share nothing (single), each site's network from its own best epoch
+  metrics.json      per-site test metrics of best.pt, and the test AUC of each of the last `tail_epochs` epochs
+  predictions.csv   one row per test image: site, path, patient id (empty if none), label, P(COVID)
+  tail_predictions.csv  the same rows for each of the last `tail_epochs` epochs (column `epoch`): the report's
+                    final-epoch and last-k columns, which do not depend on the validation-chosen epoch.
+                    Written only for the report; nothing is ever selected on it.
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ class RunData:
     def labels(self, site: str, part: str) -> np.ndarray:
         return self.sites[site].labels()[self.splits[site][part]]
 
+    def patients(self, site: str, part: str) -> list[str]:
+        """Patient id of each image of the part ('' where the site has none)."""
+        samples = self.sites[site].samples
+        return [samples[i].patient or "" for i in self.splits[site][part]]
+
 
 def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = True) -> RunData:
     """Read the sites, make (or on resume, reload) the split and decode every image once."""
@@ -90,7 +99,8 @@ def evaluate_part(method, data: RunData, part: str, batch_size: int,
         probs = predict_proba(method, data.cache.eval_batch(paths), site_index, batch_size, compile=compile)
         per_site[name] = site_metrics(labels, probs)
         rows += [
-            {"site": name, "path": str(p), "label": int(y), "p_covid": float(q)} for p, y, q in zip(paths, labels, probs)
+            {"site": name, "path": str(p), "patient": g, "label": int(y), "p_covid": float(q)}
+            for p, g, y, q in zip(paths, data.patients(name, part), labels, probs)
         ]
     return per_site, rows
 
@@ -114,11 +124,44 @@ def _check_same_settings(config: TrainConfig, saved_file: Path) -> None:
         raise CrossSiteError(f"{saved_file}: --resume with different settings ({', '.join(changed)})")
 
 
-def _resume_state(out: Path, method, scheduler) -> tuple[int, float]:
+def selection_units(method, names: list[str]) -> list[str]:
+    """What best.pt is chosen on: each site's own validation AUC where the sites share nothing (`single`:
+    one network per site), else the mean validation AUC over sites ("mean")."""
+    return list(names) if method.independent_sites else ["mean"]
+
+
+def _val_score(val: dict[str, dict], unit: str) -> float:
+    return mean_auc(val) if unit == "mean" else val[unit]["auc"]
+
+
+def _save_best(out: Path, method, config: TrainConfig, names: list[str], improved: list[str],
+               best: dict[str, float], best_epochs: dict[str, int], epoch: int) -> None:
+    """Write best.pt; per-site selection keeps the other sites' networks from their own best epochs."""
+    state = method.state_dict()
+    if improved != ["mean"] and (out / "best.pt").exists():
+        kept = load_checkpoint(out / "best.pt", expect_method=method.name)["model"]
+        for site in set(names) - set(improved):
+            prefix = method.site_state_prefix(names.index(site))
+            state.update({k: v for k, v in kept.items() if k.startswith(prefix)})
+    scores = [v for v in best.values() if not math.isnan(v)]
+    save_checkpoint(out / "best.pt", method, config, names, model=state, epoch=epoch, site_epochs=dict(best_epochs),
+                    val_mean_auc=float(np.mean(scores)) if scores else float("nan"))
+
+
+def _write_tail_predictions(path: Path, epoch: int, rows: list[dict]) -> None:
+    """Add this epoch's test predictions, replacing any of this or later epochs (a resumed epoch)."""
+    kept = []
+    if path.exists():
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
+    write_predictions(path, kept + [{"epoch": epoch, **r} for r in rows])
+
+
+def _resume_state(out: Path, method, scheduler) -> tuple[int, dict[str, float], dict[str, int]]:
     """Load last.pt into the method; drop log lines of the epoch that was cut off."""
     last = out / "last.pt"
     if not last.exists():
-        return 0, -math.inf
+        return 0, {}, {}
     ckpt = load_checkpoint(last, expect_method=method.name)
     method.load_state_dict(ckpt["model"])
     method.optimizer.load_state_dict(ckpt["optimizer"])
@@ -127,7 +170,7 @@ def _resume_state(out: Path, method, scheduler) -> tuple[int, float]:
     log = out / "train_log.jsonl"
     kept = [r for r in read_jsonl(log) if r["epoch"] <= epoch]
     atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
-    return epoch, float(ckpt["best_val_auc"])
+    return epoch, dict(ckpt["best_val_auc"]), dict(ckpt["best_epochs"])
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True, device: str = "auto") -> dict:
@@ -152,9 +195,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
     method = create_method(config.method, len(data.sites), config)
     update = distributed.make_update(method, device)  # channels_last; under torchrun: this rank's share, DDP
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(method.optimizer, T_max=config.epochs, eta_min=0.0)
-    start_epoch, best_auc = _resume_state(out, method, scheduler) if resume else (0, -math.inf)
+    start_epoch, best, best_epochs = _resume_state(out, method, scheduler) if resume else (0, {}, {})
 
     names = data.site_names
+    units = selection_units(method, names)
     train_sizes = [len(data.splits[n]["train"]) for n in names]
     for epoch in range(start_epoch, config.epochs):
         # every random draw of an epoch follows from (seed, epoch): a resumed run repeats it exactly
@@ -180,7 +224,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
 
         val, _ = evaluate_part(method, data, "val", config.eval_batch_size)
         val_auc = mean_auc(val)
-        is_best = not math.isnan(val_auc) and val_auc > best_auc
+        improved = [u for u in units if not math.isnan(_val_score(val, u)) and _val_score(val, u) > best.get(u, -math.inf)]
+        is_best = bool(improved)
         record = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -198,21 +243,27 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
                 + ("  *best" if is_best else "")
             )
         if is_best:
-            best_auc = val_auc
-            save_checkpoint(out / "best.pt", method, config, names, epoch=epoch + 1, val_mean_auc=val_auc)
+            best.update({u: _val_score(val, u) for u in improved})
+            best_epochs.update({u: epoch + 1 for u in improved})
+            _save_best(out, method, config, names, improved, best, best_epochs, epoch + 1)
+        if epoch >= config.epochs - config.tail_epochs:
+            _, test_rows = evaluate_part(method, data, "test", config.eval_batch_size)  # every rank takes part
+            _write_tail_predictions(out / "tail_predictions.csv", epoch + 1, test_rows)
         save_checkpoint(
             out / "last.pt",
             method,
             config,
             names,
             epoch=epoch + 1,
-            best_val_auc=best_auc,
+            best_val_auc=best,
+            best_epochs=best_epochs,
             optimizer=method.optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
         )
 
     if not (out / "best.pt").exists():  # validation AUC undefined every epoch: fall back to the last epoch
-        save_checkpoint(out / "best.pt", method, config, names, epoch=config.epochs, val_mean_auc=float("nan"))
+        save_checkpoint(out / "best.pt", method, config, names, epoch=config.epochs, site_epochs={},
+                        val_mean_auc=float("nan"))
     distributed.barrier()  # torchrun: rank 0 has written best.pt
     return test_best(config, data, out, device)
 
@@ -231,17 +282,36 @@ def test_best(config: TrainConfig, data: RunData, out: Path, device: str = "auto
         "fold": config.fold,
         "seed": config.seed,
         "best_epoch": int(best["epoch"]),
+        "site_best_epochs": dict(best.get("site_epochs", {})),
         "val_mean_auc": float(best["val_mean_auc"]),
         "sites": per_site,
+        "tail_auc": tail_auc(out / "tail_predictions.csv"),
     }
     atomic_write_json(out / "metrics.json", metrics)
     write_predictions(out / "predictions.csv", rows)
     return metrics
 
 
+def tail_auc(path: Path) -> dict[str, dict[str, float]]:
+    """Per site, the test AUC of each epoch in tail_predictions.csv ({} if there is none)."""
+    if not path.exists():
+        return {}
+    by_site = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            by_site.setdefault(r["site"], {}).setdefault(r["epoch"], ([], []))
+            labels, probs = by_site[r["site"]][r["epoch"]]
+            labels.append(int(r["label"]))
+            probs.append(float(r["p_covid"]))
+    return {site: {epoch: site_metrics(np.array(y), np.array(p))["auc"] for epoch, (y, p) in epochs.items()}
+            for site, epochs in by_site.items()}
+
+
 def write_predictions(path: Path, rows: list[dict]) -> None:
+    """Prediction rows as CSV (columns: `epoch` first when the rows have one, then site, path, patient, label, P)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["site", "path", "label", "p_covid"])
+    fields = ["site", "path", "patient", "label", "p_covid"]
+    writer = csv.DictWriter(buffer, fieldnames=(["epoch"] if rows and "epoch" in rows[0] else []) + fields)
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())

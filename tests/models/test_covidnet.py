@@ -216,3 +216,13 @@ def test_projection_flag():
     with pytest.raises(ValueError, match="projection"):
         create_model("covidnet", width=0.125, image_size=32, projection=True)
     assert not create_model("covidnet", width=0.125, image_size=32, projection=False).has_projection
+
+
+def test_projection_head_ends_in_bn_relu_or_in_the_linear_layer():
+    x = torch.randn(4, 3, 64, 64)
+    for end, non_negative in (("bn-relu", True), ("linear", False)):
+        net = create_model("covidnet-redesign", width=0.125, image_size=64, projection=True, projection_head=end)
+        z = net.project(net.features(x))
+        assert z.shape == (4, 128) and bool((z >= 0).all()) == non_negative
+    with pytest.raises(ValueError, match="projection_head"):
+        create_model("covidnet-redesign", width=0.125, image_size=64, projection=True, projection_head="mlp")

@@ -32,6 +32,8 @@ class Method(nn.Module):
     name: str = ""
     #: backbones the method can be built on; the first is its default
     backbones: tuple[str, ...] = ("covidnet-redesign",)
+    #: True where each site has a network of its own sharing nothing (then each site's best epoch is its own)
+    independent_sites: bool = False
 
     def __init__(self, num_sites: int, config: TrainConfig):
         super().__init__()
@@ -46,7 +48,8 @@ class Method(nn.Module):
         """A fresh backbone as configured; `projection` keeps the contrastive projection head."""
         c = self.config
         return create_model(
-            c.backbone, width=c.width, image_size=c.image_size, pepx_relu=c.pepx_relu, projection=projection
+            c.backbone, width=c.width, image_size=c.image_size, pepx_relu=c.pepx_relu, projection=projection,
+            **({"projection_head": c.projection_head} if projection else {}),
         )
 
     def _finish_init(self) -> None:
@@ -96,6 +99,11 @@ class Method(nn.Module):
         """
         self.check_site(site)
         return self.net
+
+    def site_state_prefix(self, site: int) -> str:
+        """State-dict key prefix of `network(site)` (for methods with `independent_sites`)."""
+        net = self.network(site)
+        return next(name for name, module in self.named_modules() if module is net) + "."
 
     def site_scope(self, site: int) -> contextlib.AbstractContextManager:
         """Context in which `self.network(site)(x)` returns the logits of `predict(x, site)`."""

@@ -67,6 +67,10 @@ def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+#: endings of the contrastive projection head: the reference code's, and a plain linear one
+PROJECTION_HEADS = ("bn-relu", "linear")
+
+
 def dense_head(dims: list[int], *, batch_norm: bool, act_last: bool = False) -> nn.Sequential:
     """Linear layers through `dims`, each followed by [BatchNorm1d +] ReLU except the last (unless `act_last`)."""
     layers: list[nn.Module] = []
@@ -161,9 +165,12 @@ class COVIDNet(nn.Module):
         num_classes: int = 2,
         pepx_relu: bool = False,
         projection: bool | None = None,
+        projection_head: str = "bn-relu",
     ):
         """``projection`` (extension used by crosssite.methods): build the contrastive
-        projection head; default = ``redesign``. Only the redesign can have one."""
+        projection head; default = ``redesign``. Only the redesign can have one.
+        ``projection_head``: "bn-relu" ends the head in BN + ReLU as the reference code does
+        (non-negative embeddings); "linear" ends it in the bare linear layer (an ablation of ours)."""
         super().__init__()
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2 * SIZE_STEP or image_size % SIZE_STEP:
             raise ValueError(f"image_size must be a multiple of {SIZE_STEP}, at least {2 * SIZE_STEP}, got {image_size!r}")
@@ -178,6 +185,8 @@ class COVIDNet(nn.Module):
         self.pepx_relu = bool(pepx_relu)
         if projection is None:
             projection = self.redesign
+        if projection_head not in PROJECTION_HEADS:
+            raise ValueError(f"projection_head must be one of {', '.join(PROJECTION_HEADS)}, got {projection_head!r}")
         if projection and not self.redesign:
             raise ValueError("projection=True needs the redesigned net (covidnet-redesign); covidnet has no projection head")
 
@@ -205,7 +214,9 @@ class COVIDNet(nn.Module):
             self.classifier = dense_head([self.embedding_dim, HIDDEN_1, HIDDEN_2, num_classes], batch_norm=True)
             self.projection: nn.Module | None = None
             if projection:
-                self.projection = dense_head([self.embedding_dim, PROJ_HIDDEN, PROJ_DIM], batch_norm=True, act_last=True)
+                self.projection = dense_head(
+                    [self.embedding_dim, PROJ_HIDDEN, PROJ_DIM], batch_norm=True, act_last=projection_head == "bn-relu"
+                )
         else:
             self.pool = nn.Identity()
             side = image_size // DOWNSAMPLE
