@@ -22,10 +22,11 @@ TINY = dict(data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8,
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """joint-redesign and contrastive, 2 folds x 2 seeds: 8 real jobs, so the t-tests have 4 pairs."""
+    """joint-redesign and contrastive, 2 folds x 2 seeds: 8 real jobs, so the t-tests have 4 pairs; then
+    joint-redesign on duplicate-grouped folds at 1 seed (2 jobs, run last)."""
     out = tmp_path_factory.mktemp("sweep")
-    rows = [ROW_BY_NAME["joint-redesign"], ROW_BY_NAME["contrastive"]]
-    run_sweep(TrainConfig(**TINY), rows, seeds=2, out=out, progress=False)
+    rows = [ROW_BY_NAME["joint-redesign"], ROW_BY_NAME["contrastive"], ROW_BY_NAME["joint-redesign-grouped"]]
+    run_sweep(TrainConfig(**TINY), rows, seeds=2, out=out, progress=False, row_seeds={"joint-redesign-grouped": 1})
     return out
 
 
@@ -50,7 +51,7 @@ def test_report_writes_markdown_csv_latex_and_figures(reported):
         assert Image.open(reported / "figures" / name).size[0] > 300
     text = (reported / "report.md").read_text()
     assert all(f"(figures/{name})" in text for name in figures)
-    assert "8 of 8 planned jobs finished" in text and "None: every planned job finished." in text
+    assert "10 of 10 planned jobs finished" in text and "None: every planned job finished." in text
     assert "ttest_rel" in text and "AUC" in text
     assert "\\begin{tabular}" in (reported / "tables" / "table1.tex").read_text()
 
@@ -75,7 +76,7 @@ def test_t_tests_match_scipy_on_the_per_job_aucs(reported):
     write_report(reported)
     lines = read_jsonl(reported / "results.jsonl")
     auc = {(r["row"], r["fold"], r["seed"], s): r["sites"][s]["auc"] for r in lines for s in SITES}
-    tests = read_csv(reported / "tables" / "table2.csv")
+    tests = [t for t in read_csv(reported / "tables" / "table2.csv") if t["epoch"] == "best_val"]
     assert {t["site"] for t in tests} == set(SITES) and {t["row"] for t in tests} == {"joint-redesign"}
     for t in tests:
         keys = [(f, s) for f in (0, 1) for s in (0, 1)]
@@ -85,6 +86,8 @@ def test_t_tests_match_scipy_on_the_per_job_aucs(reported):
         assert t["metric"] == "auc" and int(t["n_pairs"]) == 4
         assert float(t["p"]) == pytest.approx(expected.pvalue, rel=1e-12)
         assert float(t["t"]) == pytest.approx(expected.statistic, rel=1e-12)
+        mean = 100 * np.mean(np.subtract(ours, theirs))
+        assert float(t["mean_diff"]) == pytest.approx(mean) and float(t["ci_low"]) < mean < float(t["ci_high"])
     assert read_csv(reported / "tables" / "table3.csv") == []  # no comparison methods in this sweep
 
 
@@ -99,12 +102,55 @@ def test_missing_and_failed_jobs_are_named(reported):
     text = (reported / "report.md").read_text()
     assert f"- missing (never finished): `{dropped}`" in text
     assert f"- failed: `{failed}`: DivergedError: loss became nan" in text
-    assert "6 of 8 planned jobs finished" in text
+    assert "8 of 10 planned jobs finished" in text
     cells = read_csv(reported / "tables" / "table1.csv")
-    assert {int(e["n"]) for e in cells} == {3}
+    assert {int(e["n"]) for e in cells if e["row"] != "joint-redesign-grouped"} == {3}
     assert {int(t["n_pairs"]) for t in read_csv(reported / "tables" / "table2.csv")} == {2}
 
 
 def test_report_of_a_folder_that_is_no_sweep_is_an_error(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "no sweep.yaml" in capsys.readouterr().err
+
+
+def test_final_and_last_epoch_aucs_come_with_bootstrap_intervals(reported):
+    write_report(reported)
+    lines = [r for r in read_jsonl(reported / "results.jsonl") if r["row"] == "contrastive"]
+    cells = read_csv(reported / "tables" / "auc_intervals.csv")
+    for site in SITES:
+        cell = next(e for e in cells if e["row"] == "contrastive" and e["site"] == site and e["epoch"] == "final")
+        finals = [100 * r["tail_auc"][site][max(r["tail_auc"][site], key=int)] for r in lines]
+        assert int(cell["n"]) == 4 and float(cell["mean"]) == pytest.approx(np.mean(finals))
+        assert float(cell["ci_low"]) <= float(cell["mean"]) <= float(cell["ci_high"])
+    text = (reported / "report.md").read_text()
+    assert "## Which differences are resolved" in text
+    assert "Contrastive (ours) vs Joint (redesigned), covid-ct, validation-chosen epoch:" in text
+
+
+def test_a_cell_of_one_job_has_no_spread_and_no_interval(reported):
+    results = reported / "results.jsonl"
+    lines = read_jsonl(results)
+    kept = [r for r in lines if r["row"] != "contrastive" or r["job"] == "contrastive-fold0-seed0"]
+    results.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    write_report(reported)
+    cell = next(e for e in read_csv(reported / "tables" / "auc_intervals.csv")
+                if e["row"] == "contrastive" and e["site"] == "covid-ct" and e["epoch"] == "best_val")
+    assert cell["n"] == "1" and cell["std"] == "nan" and cell["ci_low"] == "nan"
+    assert "n/a (1)" in (reported / "report.md").read_text()
+
+
+def test_grouped_folds_are_compared_with_ordinary_folds(reported):
+    write_report(reported)
+    changes = read_csv(reported / "tables" / "grouped_folds.csv")
+    assert {(c["row"], c["site"]) for c in changes} == {("joint-redesign", s) for s in SITES}
+    for c in changes:
+        assert float(c["change"]) == pytest.approx(float(c["grouped_mean"]) - float(c["ordinary_mean"]))
+    assert "## Duplicate-grouped folds" in (reported / "report.md").read_text()
+
+
+def test_the_report_is_regenerated_byte_for_byte(reported):
+    write_report(reported)
+    written = sorted(p for p in reported.rglob("*") if p.is_file() and p.parent.name in ("tables", "figures"))
+    first = {p: p.read_bytes() for p in written + [reported / "report.md"]}
+    write_report(reported)
+    assert {p: p.read_bytes() for p in first} == first

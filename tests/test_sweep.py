@@ -162,13 +162,14 @@ def test_unknown_device_fails_before_any_job(tmp_path):
 def test_rows_with_fewer_seeds_run_last_and_rows_apply_their_own_settings(tmp_path):
     from crosssite.sweep import parse_row_seeds, plan
 
-    rows = select_rows(["contrastive,contrastive-alpha0.1,sepnorm-grouped"])
+    rows = select_rows(["sepnorm,contrastive,contrastive-alpha0.1,sepnorm-grouped"])
     row_seeds = parse_row_seeds(["grouped=1"], rows, seeds=2)
     assert row_seeds == {"sepnorm-grouped": 1}
-    jobs = plan(TrainConfig(**TINY), rows, 2, tmp_path, row_seeds)
-    assert [j.name for j in jobs] == [
-        "contrastive-fold0-seed0", "contrastive-fold1-seed0", "contrastive-alpha0.1-fold0-seed0",
-        "contrastive-alpha0.1-fold1-seed0", "contrastive-fold0-seed1", "contrastive-fold1-seed1",
+    jobs = plan(TrainConfig(**{**TINY, "folds": 2}), rows, 2, tmp_path, row_seeds)
+    assert [j.name for j in jobs] == [  # the paper's rows at every seed, then ablations, then fewer seeds
+        "sepnorm-fold0-seed0", "sepnorm-fold1-seed0", "contrastive-fold0-seed0", "contrastive-fold1-seed0",
+        "sepnorm-fold0-seed1", "sepnorm-fold1-seed1", "contrastive-fold0-seed1", "contrastive-fold1-seed1",
+        "contrastive-alpha0.1-fold0-seed0", "contrastive-alpha0.1-fold1-seed0",
         "contrastive-alpha0.1-fold0-seed1", "contrastive-alpha0.1-fold1-seed1",
         "sepnorm-grouped-fold0-seed0", "sepnorm-grouped-fold1-seed0",
     ]

@@ -1,9 +1,12 @@
-"""`crosssite report SWEEP`: the paper's Tables I-III and Figs. 3-5 from a sweep folder.
+"""`crosssite report SWEEP`: the paper's Tables I-III and Figs. 3-5 from a sweep folder, with intervals.
 
 Reads sweep.yaml (which jobs were planned), results.jsonl (per-job test metrics; the last line of
-a job counts) and the jobs' predictions.csv and best.pt; writes report.md, tables/*.csv and *.tex,
-and figures/*.png into the sweep folder. Jobs planned but without an "ok" line are named in the
-report. Table I averages per-job metrics over folds x seeds; Fig. 3 pools predictions instead.
+a job counts) and the jobs' predictions.csv, tail_predictions.csv and best.pt; writes report.md,
+tables/*.csv and *.tex, and figures/*.png into the sweep folder. Jobs planned but without an "ok"
+line are named in the report. Table I averages per-job metrics over folds x seeds; Fig. 3 pools
+predictions instead. Beside the paper's tables: test AUC of the validation-chosen, final and last-k
+epochs with patient-bootstrap intervals, paired differences with t-intervals, the ablations and
+duplicate-grouped folds. Everything is computed from the folder: the same folder gives the same bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +28,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from .errors import CrossSiteError
 from .evaluate import METRIC_NAMES
 from .io import atomic_write_text, read_jsonl
-from .sweep import ROW_BY_NAME, Row, job_name
+from .stats import BOOTSTRAP_REPLICATES, bootstrap_auc, paired_difference, percentile_interval
+from .sweep import PROVENANCE, ROW_BY_NAME, Row, job_name, planned_names
 
 METRICS = METRIC_NAMES[:5]  # Table I of the paper: all but specificity
 TESTED_METRIC = "auc"
@@ -66,9 +71,8 @@ def load_results(folder: Path) -> SweepResults:
     if unknown:
         raise CrossSiteError(f"{settings_file}: unknown row(s) {', '.join(unknown)}")
     rows = [ROW_BY_NAME[r] for r in settings["rows"]]
-    planned = [
-        job_name(r.name, fold, seed) for seed in range(settings["seeds"]) for r in rows for fold in range(settings["folds"])
-    ]
+    row_seeds = settings.get("row_seeds", {})
+    planned = [job_name(r.name, fold, seed) for r, fold, seed in planned_names(rows, settings["folds"], settings["seeds"], row_seeds)]
     latest = {r["job"]: r for r in read_jsonl(folder / "results.jsonl")}
     sites = list(dict.fromkeys(s for r in latest.values() if r["status"] == "ok" for s in r["sites"]))
     if not sites:
@@ -121,54 +125,182 @@ def _cell(e: dict, latex: bool) -> str:
 
 def _table1_grid(res: SweepResults, entries: list[dict], site: str, latex: bool) -> list[list[str]]:
     cells = {(e["row"], e["metric"]): _cell(e, latex) for e in entries if e["site"] == site}
-    return [[r.display] + [cells[r.name, m] for m in METRICS] for r in res.rows]
+    return [[r.display] + [cells[r.name, m] for m in METRICS] for r in res.rows if r.group != "grouped"]
 
 
-# ---- Tables II and III: paired t-tests on AUC --------------------------------------------------
+# ---- test AUC of the chosen, final and last-k epochs, with patient-bootstrap intervals ----------
+
+#: which epoch's test AUC: the validation-chosen one (best.pt), the last one, the mean of the last k
+EPOCH_CHOICES = {"best_val": "validation-chosen epoch", "final": "final epoch", "last_k": "mean of the last k epochs"}
 
 
-def paired_tests(res: SweepResults, others: tuple[str, ...]) -> list[dict]:
-    """Contrastive vs each row in `others`, per site: ttest_rel on AUC over jobs paired by (fold, seed)."""
-    ours = {(j["fold"], j["seed"]): j for j in res.ok(OURS)}
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def job_aucs(res: SweepResults, job: dict) -> dict[tuple[str, str], tuple[float, np.ndarray]]:
+    """(site, epoch choice) -> (test AUC, its bootstrap replicates) of one job.
+
+    Patients are resampled where the site has ids, else images; each job and site has its own
+    fixed random stream, shared by the three choices so that they are compared on the same draws.
+    """
+    folder = res.folder / job["folder"]
+    best_rows = _read_csv(folder / "predictions.csv")
+    tail_file = folder / "tail_predictions.csv"
+    tail_rows = _read_csv(tail_file) if tail_file.is_file() else []
+    out = {}
+    for site in res.sites:
+        rows = [r for r in best_rows if r["site"] == site]
+        if not rows:
+            continue
+        labels = np.array([int(r["label"]) for r in rows])
+        patients = [r.get("patient") or None for r in rows]
+        seed = zlib.crc32(f"{job['job']}/{site}".encode())
+        best = np.array([float(r["p_covid"]) for r in rows])
+        out[site, "best_val"] = (job["sites"][site]["auc"], bootstrap_auc(labels, best, patients, seed=seed))
+        by_epoch = defaultdict(dict)
+        for r in tail_rows:
+            if r["site"] == site:
+                by_epoch[int(r["epoch"])][r["path"]] = float(r["p_covid"])
+        if not by_epoch:
+            continue
+        epochs = sorted(by_epoch)
+        scores = [np.array([by_epoch[e][r["path"]] for r in rows]) for e in epochs]
+        aucs = job.get("tail_auc", {}).get(site, {})
+        point = [aucs.get(str(e), math.nan) for e in epochs]
+        out[site, "final"] = (point[-1], bootstrap_auc(labels, scores[-1], patients, seed=seed))
+        out[site, "last_k"] = (float(np.mean(point)), bootstrap_auc(labels, scores, patients, seed=seed))
+    return out
+
+
+def robust_auc(res: SweepResults, aucs: dict[str, dict]) -> list[dict]:
+    """One entry per (row, site, epoch choice): mean, std over jobs and the 95 % bootstrap interval of the
+    mean, in %; `aucs` maps job name -> `job_aucs`. Fewer than 2 jobs: no spread and no interval."""
+    entries = []
+    for row in res.rows:
+        jobs = res.ok(row.name)
+        for site in res.sites:
+            for choice in EPOCH_CHOICES:
+                found = [aucs[j["job"]][site, choice] for j in jobs if (site, choice) in aucs[j["job"]]]
+                found = [(v, reps) for v, reps in found if not math.isnan(v)]
+                values = [100 * v for v, _ in found]
+                low = high = math.nan
+                if len(found) > 1:
+                    low, high = percentile_interval(100 * np.nanmean([reps for _, reps in found], axis=0))
+                entries.append({
+                    "row": row.name, "method": row.display, "site": site, "epoch": choice, "n": len(values),
+                    "mean": float(np.mean(values)) if values else math.nan,
+                    "std": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
+                    "ci_low": low, "ci_high": high,
+                })
+    return entries
+
+
+def _interval_cell(e: dict) -> str:
+    if e["n"] == 0:
+        return "–"
+    if e["n"] < 2:
+        return f"{e['mean']:.1f}, n/a (1)"
+    return f"{e['mean']:.1f} ± {e['std']:.1f} [{e['ci_low']:.1f}, {e['ci_high']:.1f}] ({e['n']})"
+
+
+def _robust_grid(entries: list[dict], site: str, rows: list[Row]) -> list[list[str]]:
+    cells = {(e["row"], e["epoch"]): _interval_cell(e) for e in entries if e["site"] == site}
+    return [[r.display] + [cells[r.name, c] for c in EPOCH_CHOICES] for r in rows]
+
+
+# ---- Tables II and III and the ablations: paired differences on AUC ---------------------------
+
+
+def paired_tests(res: SweepResults, comparisons: list[tuple[str, str]], aucs: dict[str, dict]) -> list[dict]:
+    """Row a vs row b for each (a, b), per site and epoch choice: the mean paired difference a - b of test
+    AUC over jobs paired by (fold, seed), in points, with its 95 % t-interval and SciPy's ttest_rel."""
     in_sweep = {r.name for r in res.rows}
     tests = []
-    for name in others:
-        if OURS not in in_sweep or name not in in_sweep:
+    for a, b in comparisons:
+        if a not in in_sweep or b not in in_sweep:
             continue
-        theirs = {(j["fold"], j["seed"]): j for j in res.ok(name)}
+        jobs_a = {(j["fold"], j["seed"]): aucs[j["job"]] for j in res.ok(a)}
+        jobs_b = {(j["fold"], j["seed"]): aucs[j["job"]] for j in res.ok(b)}
         for site in res.sites:
-            pairs = [
-                (ours[k]["sites"][site][TESTED_METRIC], theirs[k]["sites"][site][TESTED_METRIC])
-                for k in sorted(ours.keys() & theirs.keys())
-            ]
-            pairs = [(a, b) for a, b in pairs if not (math.isnan(a) or math.isnan(b))]
-            t, p = ttest_rel([a for a, _ in pairs], [b for _, b in pairs]) if len(pairs) > 1 else (math.nan, math.nan)
-            tests.append(
-                {
-                    "comparison": f"{ROW_BY_NAME[OURS].display} vs {ROW_BY_NAME[name].display}",
-                    "row": name,
-                    "site": site,
-                    "metric": TESTED_METRIC,
-                    "n_pairs": len(pairs),
-                    "mean_diff": float(np.mean([a - b for a, b in pairs])) if pairs else math.nan,
-                    "t": float(t),
-                    "p": float(p),
-                }
-            )
+            for choice in ("best_val", "last_k"):
+                pairs = [(jobs_a[k].get((site, choice)), jobs_b[k].get((site, choice)))
+                         for k in sorted(jobs_a.keys() & jobs_b.keys())]
+                pairs = [(100 * x[0], 100 * y[0]) for x, y in pairs
+                         if x and y and not (math.isnan(x[0]) or math.isnan(y[0]))]
+                tests.append({
+                    "comparison": f"{ROW_BY_NAME[a].display} vs {ROW_BY_NAME[b].display}",
+                    "row": b, "site": site, "metric": TESTED_METRIC, "epoch": choice,
+                    **paired_difference([x for x, _ in pairs], [y for _, y in pairs]),
+                })
     return tests
 
 
-def _p_cell(test: dict) -> str:
+def _difference_cell(test: dict) -> str:
     if test["n_pairs"] < 2:
         return f"n/a ({test['n_pairs']})"
-    return f"{test['p']:.3g} ({test['n_pairs']})"
+    return f"{test['mean_diff']:+.1f} [{test['ci_low']:+.1f}, {test['ci_high']:+.1f}], p {test['p']:.2g} ({test['n_pairs']})"
 
 
 def _tests_grid(res: SweepResults, tests: list[dict]) -> list[list[str]]:
     by_row = defaultdict(dict)
     for t in tests:
-        by_row[t["comparison"]][t["site"]] = _p_cell(t)
-    return [[comparison] + [cells.get(s, "–") for s in res.sites] for comparison, cells in by_row.items()]
+        by_row[t["comparison"]][t["site"], t["epoch"]] = _difference_cell(t)
+    columns = [(s, c) for s in res.sites for c in ("best_val", "last_k")]
+    return [[comparison] + [cells.get(c, "–") for c in columns] for comparison, cells in by_row.items()]
+
+
+def _tests_header(res: SweepResults) -> list[str]:
+    return ["Comparison"] + [f"{s}, {EPOCH_CHOICES[c]}" for s in res.sites for c in ("best_val", "last_k")]
+
+
+def verdicts(tests: list[dict]) -> list[str]:
+    """One sentence per comparison, site and epoch choice: resolved (the interval excludes 0) or not."""
+    lines = []
+    for t in tests:
+        where = f"{t['comparison']}, {t['site']}, {EPOCH_CHOICES[t['epoch']]}"
+        if t["n_pairs"] < 2:
+            lines.append(f"- {where}: not tested ({t['n_pairs']} pair(s)).")
+        elif t["ci_low"] > 0 or t["ci_high"] < 0:
+            side = "higher" if t["mean_diff"] > 0 else "lower"
+            lines.append(f"- {where}: **resolved**, {side} by {abs(t['mean_diff']):.1f} AUC points "
+                         f"(95 % CI [{t['ci_low']:+.1f}, {t['ci_high']:+.1f}], {t['n_pairs']} pairs).")
+        else:
+            lines.append(f"- {where}: not resolved ({t['mean_diff']:+.1f} points, 95 % CI "
+                         f"[{t['ci_low']:+.1f}, {t['ci_high']:+.1f}] includes 0, {t['n_pairs']} pairs).")
+    return lines
+
+
+def grouped_changes(res: SweepResults, entries: list[dict], aucs: dict[str, dict]) -> list[dict]:
+    """Each duplicate-grouped row against its row on ordinary folds, per site and epoch choice: both means
+    and the change, with a bootstrap interval of the change (test sampling only; the folds differ)."""
+    cells = {(e["row"], e["site"], e["epoch"]): e for e in entries}
+    changes = []
+    for row in res.rows:
+        base = row.name.removesuffix("-grouped")
+        if row.group != "grouped" or base not in {r.name for r in res.rows}:
+            continue
+        for site in res.sites:
+            for choice in ("best_val", "last_k"):
+                g, b = cells[row.name, site, choice], cells[base, site, choice]
+                reps = [np.nanmean([aucs[j["job"]][site, choice][1] for j in res.ok(name)
+                                    if (site, choice) in aucs[j["job"]]], axis=0)
+                        for name in (row.name, base) if g["n"] > 1 and b["n"] > 1]
+                low, high = percentile_interval(100 * (reps[0] - reps[1])) if reps else (math.nan, math.nan)
+                changes.append({"row": base, "display": ROW_BY_NAME[base].display, "site": site, "epoch": choice,
+                                "ordinary": b, "grouped": g, "change": g["mean"] - b["mean"],
+                                "ci_low": low, "ci_high": high})
+    return changes
+
+
+def _grouped_grid(changes: list[dict]) -> list[list[str]]:
+    grid = []
+    for c in changes:
+        change = "n/a" if math.isnan(c["ci_low"]) else f"{c['change']:+.1f} [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
+        grid.append([c["display"], c["site"], EPOCH_CHOICES[c["epoch"]], _interval_cell(c["ordinary"]),
+                     _interval_cell(c["grouped"]), change])
+    return grid
 
 
 # ---- writers ------------------------------------------------------------------------------------
@@ -298,14 +430,23 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
     ok = [r for r in res.latest.values() if r["status"] == "ok"]
     failed = {r["job"]: r["error"] for r in res.latest.values() if r["status"] != "ok" and r["job"] in res.planned}
     missing = [j for j in res.planned if j not in res.latest]
+    started = res.settings.get(PROVENANCE, {})
+    commits = sorted({r.get("commit", "unknown") for r in ok})
+    fewer = res.settings.get("row_seeds", {})
     md = [
         f"# Reproduction report: {res.folder.name}",
         "",
         f"{len(ok)} of {len(res.planned)} planned jobs finished ({len(res.rows)} rows x {res.settings['folds']} folds "
-        f"x {res.settings['seeds']} seed(s)); training time summed over finished jobs: "
+        f"x {res.settings['seeds']} seed(s)"
+        + (f"; run at fewer seeds: {', '.join(f'{k} ({v})' for k, v in fewer.items())}" if fewer else "")
+        + f"); training time summed over finished jobs: "
         f"{sum(r['seconds'] for r in ok) / 3600:.2f} h. Settings: {config['image_size']} px, width {config['width']}, "
         f"{config['epochs']} epochs, {config['batch_per_site']} images per site per step, lr {config['lr']} "
         f"(cosine), temperature {config['temperature']}, alpha {config['alpha']}.",
+        "",
+        f"Produced by `{started.get('command', '(not recorded)')}` (sweep started at commit "
+        f"`{started.get('commit', 'unknown')}`; finished jobs ran at commit(s) {', '.join(f'`{c}`' for c in commits)}), "
+        f"then `crosssite report` on this folder. Nothing below is typed by hand.",
         "",
     ]
 
@@ -322,19 +463,60 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
         latex.append(_latex(header, _table1_grid(res, entries, site, latex=True), f"Test metrics (%), site {site}"))
     atomic_write_text(tables / "table1.tex", "\n".join(latex))
 
-    for number, stem, others, title in (
-        ("II", "table2", TABLE2, "contrastive vs Single, Joint and SepNorm"),
-        ("III", "table3", TABLE3, "contrastive vs the comparison methods"),
+    aucs = {j["job"]: job_aucs(res, j) for j in ok}
+    robust = robust_auc(res, aucs)
+    atomic_write_text(tables / "auc_intervals.csv", _csv(robust))
+    k = config.get("tail_epochs", 3)
+    md += ["## Test AUC of the chosen, final and last epochs, with intervals", "",
+           "The validation-chosen epoch is what Table I reports; the final epoch and the mean over the last "
+           f"{k} epochs do not depend on a noisy choice of epoch (test predictions of those epochs were kept "
+           "for this table only; nothing was selected on them). Cells: mean ± std over jobs "
+           f"[95 % interval of the mean from a bootstrap of the test patients, {BOOTSTRAP_REPLICATES} "
+           "replicates, each job's test set resampled] (n jobs), in %. Sites without patient ids "
+           "(sars-cov-2-ct) are resampled by image, which understates the uncertainty where neighbouring "
+           "slices are near-duplicates. n/a: fewer than 2 jobs.", ""]
+    non_grouped = [r for r in res.rows if r.group != "grouped"]
+    for site in res.sites:
+        md += [f"### Site {site}", "", _markdown(["Method", *EPOCH_CHOICES.values()], _robust_grid(robust, site, non_grouped))]
+
+    said = []
+    for number, stem, comparisons, title in (
+        ("II", "table2", [(OURS, r) for r in TABLE2], "contrastive vs Single, Joint and SepNorm"),
+        ("III", "table3", [(OURS, r) for r in TABLE3], "contrastive vs the comparison methods"),
+        ("A", "ablations", [(r.name, OURS) for r in res.rows if r.group == "ablation"],
+         "ablations of the contrastive method vs the method as published"),
     ):
-        tests = paired_tests(res, others)
+        tests = paired_tests(res, comparisons, aucs)
+        said += verdicts(tests)
         atomic_write_text(tables / f"{stem}.csv", _csv(tests))
         grid = _tests_grid(res, tests)
-        caption = f"Paired t-test p-values on test {TESTED_METRIC.upper()}, {title}"
-        atomic_write_text(tables / f"{stem}.tex", _latex(["Comparison", *res.sites], grid, caption))
+        caption = f"Paired differences of test {TESTED_METRIC.upper()}, {title}"
+        atomic_write_text(tables / f"{stem}.tex", _latex(_tests_header(res), grid, caption))
         md += [f"## Table {number}: {caption}", "",
-               f"SciPy `ttest_rel` on per-job test {TESTED_METRIC.upper()}, jobs paired by (fold, seed); "
-               "(n) = number of pairs; n/a where fewer than 2 pairs exist.", "",
-               _markdown(["Comparison", *res.sites], grid) if grid else "No comparison rows in this sweep.\n"]
+               f"Mean paired difference (first row minus second) of per-job test {TESTED_METRIC.upper()} in "
+               "points, jobs paired by (fold, seed), [95 % t-interval], p of SciPy `ttest_rel`, (n pairs); "
+               "n/a where fewer than 2 pairs exist. Pairs that share a fold share a test set, so the "
+               "interval treats seeds of one fold as independent: read it as optimistic.", "",
+               _markdown(_tests_header(res), grid) if grid else "No comparison rows in this sweep.\n"]
+    md += ["## Which differences are resolved", "",
+           "A difference is resolved when its 95 % interval above excludes 0.", "",
+           *(said or ["No comparisons in this sweep."]), ""]
+
+    changes = grouped_changes(res, robust, aucs)
+    md += ["## Duplicate-grouped folds", ""]
+    if changes:
+        atomic_write_text(tables / "grouped_folds.csv", _csv([
+            {k: v for k, v in c.items() if k not in ("ordinary", "grouped")}
+            | {"ordinary_mean": c["ordinary"]["mean"], "grouped_mean": c["grouped"]["mean"]} for c in changes
+        ]))
+        md += ["Rows re-run on folds that keep near-duplicate images (thumbnail correlation >= 0.95) in one part "
+               "(`--group-duplicates 0.95`), against the same rows on ordinary folds. sars-cov-2-ct has no "
+               "patient ids, so on ordinary folds neighbouring slices of one patient can straddle train and "
+               "test. Change = grouped minus ordinary mean, in points, [95 % bootstrap interval of test "
+               "sampling only: the folds differ, so the pairs are not matched].", "",
+               _markdown(["Method", "Site", "Epoch", "Ordinary folds", "Grouped folds", "Change"], _grouped_grid(changes))]
+    else:
+        md += ["No duplicate-grouped rows in this sweep (run `crosssite sweep --methods grouped`).", ""]
 
     md += ["## Fig. 3: ROC curves", "",
            "Each curve pools the test predictions of all finished jobs of a row (every image once per seed); "

@@ -135,11 +135,13 @@ def job_name(row: str, fold: int, seed: int) -> str:
 
 
 def planned_names(rows: list[Row], folds: int, seeds: int, row_seeds: dict[str, int]) -> list[tuple[Row, int, int]]:
-    """Every (row, fold, seed) in running order: rows run at every seed first, seeds outermost, so that a
-    stopped sweep holds whole seeds of its main comparison; then the rows run at fewer seeds."""
+    """Every (row, fold, seed) in running order, so that a stopped sweep holds whole seeds of its main
+    comparison: the paper's rows run at every seed first (seeds outermost), then the other rows run at
+    every seed (ablations), then the rows run at fewer seeds."""
     cells = [(row, fold, seed) for seed in range(seeds) for row in rows for fold in range(folds)
              if seed < row_seeds.get(row.name, seeds)]
-    return sorted(cells, key=lambda c: (c[0].name in row_seeds, c[2]))  # stable: keeps row and fold order
+    # sorted is stable: within a key, rows keep report order and folds their order
+    return sorted(cells, key=lambda c: (c[0].name in row_seeds, c[0].group != "table1", c[2]))
 
 
 def plan(base: TrainConfig, rows: list[Row], seeds: int, out: Path, row_seeds: dict[str, int] | None = None) -> list[Job]:
