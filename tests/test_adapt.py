@@ -140,6 +140,10 @@ def test_adapt_errors(ckpt, tmp_path, capsys):
     assert str(empty) in capsys.readouterr().err
     assert main(["adapt", str(ckpt), "--site", f"covid-ct={SAMPLE_DATA / 'covid-ct'}", "--out", str(tmp_path / "x.pt")]) == 2
     assert "already has a site 'covid-ct'" in capsys.readouterr().err
+    one = sorted((SAMPLE_DATA / "covid-ct" / "CT_COVID").iterdir())[0]
+    assert main(["adapt", str(ckpt), "--site", f"c={one}", "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds 1 image(s)" in err and "\n" not in err and not (tmp_path / "x.pt").exists()
 
 
 def test_evaluate_an_unseen_site_as_known_and_adapted(ckpt, adapted, capsys):

@@ -126,3 +126,57 @@ def test_unknown_or_missing_device_is_a_clear_error(tmp_path, capsys):
     if not torch.cuda.is_available():
         err = error_of(capsys, args + ["--device", "cuda"] + ["--out", str(tmp_path / "p")])
         assert "no CUDA GPU" in err
+
+
+def test_os_errors_are_one_line_and_leave_files_alone(run, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    image = str(sample_images(1)[0])
+    err = error_of(capsys, ["gradcam", str(run / "best.pt"), "--site", "covid-ct", image, "--out", str(a_file)])
+    assert str(a_file) in err and "cannot write" in err
+    err = error_of(capsys, ["adapt", str(run / "best.pt"), "--site", f"c={SAMPLE_DATA / 'covid-ct' / 'CT_COVID'}",
+                            "--out", str(a_file / "new.pt")])
+    assert str(a_file) in err
+    err = error_of(capsys, ["train", "--data", str(SAMPLE_DATA), *TINY_FLAGS, "--out", str(a_file)])
+    assert "names a file" in err
+    assert a_file.read_text() == "mine"
+
+
+def test_empty_out_is_refused_and_the_current_folder_untouched(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("someone else's\n")
+    assert "out must name a run folder" in error_of(capsys, ["train", "--data", str(SAMPLE_DATA), *TINY_FLAGS, "--out", ""])
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+    assert (tmp_path / "config.yaml").read_text() == "someone else's\n"
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--data", str(SAMPLE_DATA), "--out", ""])
+    assert e.value.code == 2 and "must name a file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_batch_size_must_be_positive(run, capsys, command):
+    extra = ["--site", "covid-ct", str(sample_images(1)[0])] if command == "predict" else []
+    with pytest.raises(SystemExit) as e:
+        main([command, str(run / "best.pt"), *extra, "--batch-size", "0"])
+    assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_invalid_yaml_config_is_one_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 1\nwidth: [0.5\n")
+    err = error_of(capsys, ["train", "--config", str(config), "--data", str(SAMPLE_DATA)])
+    assert f"{config}:" in err and "not valid YAML" in err
+
+
+def test_checkpoint_carrying_code_is_refused_in_one_line(tmp_path, capsys):
+    import torch
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"payload": Exploit()}, evil)
+    err = error_of(capsys, ["predict", str(evil), "--site", "covid-ct", str(sample_images(1)[0])])
+    assert str(evil) in err and "refused" in err
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("code ran",))

@@ -1,6 +1,6 @@
 import pytest
 
-from crosssite.errors import CrossSiteError
+from crosssite.errors import CrossSiteError, CrossSiteWarning
 from crosssite.io import append_jsonl, atomic_write_text, read_jsonl
 
 
@@ -10,7 +10,8 @@ def test_torn_last_line_is_dropped_but_a_bad_middle_line_is_an_error(tmp_path):
     append_jsonl(log, {"epoch": 2})
     with open(log, "a") as f:
         f.write('{"epoch": 3, "lo')
-    assert read_jsonl(log) == [{"epoch": 1}, {"epoch": 2}]
+    with pytest.warns(CrossSiteWarning, match="torn"):
+        assert read_jsonl(log) == [{"epoch": 1}, {"epoch": 2}]
     log.write_text('{"epoch": 1}\nnot json\n{"epoch": 3}\n')
     with pytest.raises(CrossSiteError, match="line 2"):
         read_jsonl(log)

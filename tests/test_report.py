@@ -154,3 +154,17 @@ def test_the_report_is_regenerated_byte_for_byte(reported):
     first = {p: p.read_bytes() for p in written + [reported / "report.md"]}
     write_report(reported)
     assert {p: p.read_bytes() for p in first} == first
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("sweep.yaml", "rows: [joint-redesign\nfolds: 2\n", "sweep.yaml:2: not valid YAML"),
+    ("sweep.yaml", "- joint-redesign\n", "not a crosssite sweep.yaml"),
+    ("sweep.yaml", "rows: [joint-redesign]\nfolds: two\nseeds: 1\nconfig: {}\n", "no valid folds"),
+    ("results.jsonl", '{"job": "joint-redesign-fold0-seed0", "status": "ok"}\n', "record 1 is not a sweep result"),
+    ("results.jsonl", "[1, 2]\n", "line 1 is not a JSON object"),
+])
+def test_damaged_sweep_files_are_one_line_errors(reported, capsys, name, content, message):
+    (reported / name).write_text(content)
+    assert cli.main(["report", str(reported)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

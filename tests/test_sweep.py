@@ -10,10 +10,10 @@ from crosssite import cli
 from crosssite import train as train_module
 from crosssite.config import TrainConfig
 from crosssite.data.sites import SAMPLE_DATA
-from crosssite.errors import CrossSiteError
+from crosssite.errors import CrossSiteError, CrossSiteWarning
 from crosssite.presets import PRESETS
 from crosssite.io import read_jsonl
-from crosssite.sweep import ROW_BY_NAME, ROWS, Row, run_sweep, select_rows
+from crosssite.sweep import ROW_BY_NAME, ROWS, Row, read_results, run_sweep, select_rows
 
 TINY = dict(data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3, epochs=1, folds=2)
 TWO_ROWS = [ROW_BY_NAME["joint-redesign"], ROW_BY_NAME["contrastive"]]
@@ -189,3 +189,45 @@ def test_sweep_yaml_records_command_and_commit_without_comparing_them(tmp_path):
     assert run_sweep(TrainConfig(**TINY), TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False, command="other") == []
     record = read_jsonl(tmp_path / "results.jsonl")[0]
     assert record["commit"] and set(record["tail_auc"]) == {"sars-cov-2-ct", "covid-ct"}
+
+
+def test_torn_results_line_is_dropped_and_its_finished_job_not_trained_again(tmp_path, monkeypatch):
+    rows = TWO_ROWS[:1]
+    run_sweep(TrainConfig(**TINY), rows, seeds=1, out=tmp_path, progress=False)
+    results = tmp_path / "results.jsonl"
+    text = results.read_text()
+    results.write_text(text[: len(text) - 40])  # killed while appending the last job's line
+    last_job = tmp_path / "jobs" / JOBS[1]
+    metrics = (last_job / "metrics.json").read_bytes()
+
+    calls = count_trainings(monkeypatch)
+    with pytest.warns(CrossSiteWarning, match="torn"):
+        run_sweep(TrainConfig(**TINY), rows, seeds=1, out=tmp_path, progress=False)
+    assert calls == [(JOBS[1], True)]  # resumed: train finds it finished and returns its metrics.json
+    records = read_results(results)
+    assert [r["job"] for r in records] == JOBS[:2] and all(r["status"] == "ok" for r in records)
+    assert (last_job / "metrics.json").read_bytes() == metrics
+    assert len(read_jsonl(last_job / "train_log.jsonl")) == 1
+
+
+def test_job_cut_before_its_first_last_pt_restarts_cleanly(tmp_path, monkeypatch):
+    config = TrainConfig(**{**TINY, "epochs": 2})
+    real_save = train_module.save_checkpoint
+
+    def die_at_first_last_pt(path, *args, **kwargs):
+        if path.name == "last.pt" and not (tmp_path / "results.jsonl").exists():
+            raise KeyboardInterrupt  # job 1, after epoch 1's log line, before its last.pt
+        return real_save(path, *args, **kwargs)
+
+    calls = count_trainings(monkeypatch)
+    monkeypatch.setattr(train_module, "save_checkpoint", die_at_first_last_pt)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False)
+    cut = tmp_path / "jobs" / JOBS[0]
+    assert len(read_jsonl(cut / "train_log.jsonl")) == 1 and not (cut / "last.pt").exists()
+
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    run_sweep(config, TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False)
+    assert calls == [(JOBS[0], False), (JOBS[0], True), (JOBS[1], False)]
+    assert [r["epoch"] for r in read_jsonl(cut / "train_log.jsonl")] == [1, 2]
+    assert all(r["status"] == "ok" for r in read_results(tmp_path / "results.jsonl"))

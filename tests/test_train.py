@@ -1,13 +1,15 @@
 """Training end to end on the shipped sample: outputs, resume after a kill, divergence."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from crosssite import train as train_module
-from crosssite.cli import SAMPLE_DATA
+from crosssite.cli import SAMPLE_DATA, main
 from crosssite.config import TrainConfig
 from crosssite.errors import CrossSiteError, DivergedError
 from crosssite.io import read_jsonl
@@ -158,3 +160,118 @@ def test_resume_with_a_checkpoint_of_another_method_is_refused(tmp_path):
 def test_resume_before_anything_was_saved_starts_afresh(tmp_path):
     metrics = train_module.train(tiny_config(tmp_path, epochs=1, method="joint"), resume=True, progress=False)
     assert metrics["best_epoch"] == 1
+
+
+def snapshot(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished one-epoch run whose last.pt was dropped, as a finished sweep job's is."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    config = TrainConfig(**{**TINY, "epochs": 1, "method": "joint", "out": str(out)})
+    train_module.train(config, progress=False)
+    (out / "last.pt").unlink()
+    return config
+
+
+def test_a_finished_run_is_never_overwritten(finished_run):
+    out = Path(finished_run.out)
+    before = snapshot(out)
+    with pytest.raises(CrossSiteError, match=r"holds a run already \(config\.yaml, .*metrics\.json.*--resume"):
+        train_module.train(finished_run, progress=False)
+    assert snapshot(out) == before
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(finished_run, capsys):
+    out = Path(finished_run.out)
+    before = snapshot(out)
+    assert train_module.train(finished_run, resume=True, progress=False) == json.loads((out / "metrics.json").read_text())
+    assert main(["train", "--config", str(out / "config.yaml"), "--resume", "--quiet"]) == 0
+    assert "this run is finished; --resume changed nothing" in capsys.readouterr().out
+    assert snapshot(out) == before
+
+
+def test_resume_without_config_yaml_is_refused(finished_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run.out, copy)
+    (copy / "config.yaml").unlink()
+    before = snapshot(copy)
+    with pytest.raises(CrossSiteError, match=r"cannot --resume without its config\.yaml"):
+        train_module.train(finished_run.replace(out=str(copy)), resume=True, progress=False)
+    assert snapshot(copy) == before
+
+
+def test_out_naming_a_file_is_refused(tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    with pytest.raises(CrossSiteError, match="names a file, not a run folder"):
+        train_module.train(tiny_config(tmp_path, "notes.txt"), progress=False)
+    assert existing.read_text() == "mine"
+
+
+def cut_after(monkeypatch, epoch):
+    """Kill training after epoch `epoch` has written its log line but before its last.pt."""
+    real_save = train_module.save_checkpoint
+
+    def save_or_die(path, *args, **kwargs):
+        if path.name == "last.pt" and kwargs["epoch"] == epoch:
+            raise KeyboardInterrupt
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_or_die)
+
+
+def test_a_moved_run_folder_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, "before", method="joint")  # absolute path in config.yaml
+    cut_after(monkeypatch, epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(config, progress=False)
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "before").rename(tmp_path / "after")
+    metrics = train_module.train(config.replace(out="after"), resume=True, progress=False)  # relative now
+    assert metrics["best_epoch"] in (1, 2)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "after" / "train_log.jsonl")] == [1, 2]
+
+
+def test_kill_before_the_first_last_pt_resumes_without_training_an_epoch_twice(tmp_path, monkeypatch):
+    train_module.train(tiny_config(tmp_path, "whole", method="joint"), progress=False)
+    config = tiny_config(tmp_path, "cut", method="joint")
+    cut_after(monkeypatch, epoch=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(config, progress=False)
+    monkeypatch.undo()
+    cut = tmp_path / "cut"
+    assert [r["epoch"] for r in read_jsonl(cut / "train_log.jsonl")] == [1] and not (cut / "last.pt").exists()
+    with pytest.raises(CrossSiteError, match="--resume"):
+        train_module.train(config, progress=False)
+    train_module.train(config, resume=True, progress=False)
+    assert [r["epoch"] for r in read_jsonl(cut / "train_log.jsonl")] == [1, 2]
+    whole, resumed = final_weights(tmp_path / "whole"), final_weights(cut)
+    for k in whole:
+        torch.testing.assert_close(whole[k], resumed[k], rtol=0, atol=0, msg=k)
+
+
+def duplicate_listing_csv(tmp_path):
+    images = sorted((SAMPLE_DATA / "covid-ct" / "CT_COVID").iterdir())[:3]
+    csv_path = tmp_path / "site.csv"
+    csv_path.write_text("path,label\n" + "".join(f"{p},COVID\n{p},NonCOVID\n" for p in images))
+    return csv_path
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(method="nope"), "unknown method 'nope'"),
+    (dict(method="sepnorm", backbone="covidnet"), "runs on backbone"),
+    (dict(eval_batch_size=0), "eval_batch_size"),
+    (dict(grad_clip=-1.0), "grad_clip"),
+    ("duplicates", "already listed on line 2"),
+])
+def test_bad_settings_and_data_fail_before_anything_is_written(tmp_path, change, message):
+    if change == "duplicates":
+        change = dict(data=None, sites=[f"mine={duplicate_listing_csv(tmp_path)}"])
+    with pytest.raises(CrossSiteError, match=message):
+        train_module.train(tiny_config(tmp_path, **change), progress=False)
+    assert not (tmp_path / "run").exists()

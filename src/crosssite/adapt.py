@@ -32,10 +32,11 @@ def list_images(path: Path) -> list[Path]:
     """Every image file under `path` (any layout, searched recursively), or `path` itself if it is one."""
     path = Path(path)
     if path.is_file() and is_image(path):
-        return [path]
-    if not path.is_dir():
+        images = [path]
+    elif path.is_dir():
+        images = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p))
+    else:
         raise DataError(f"{path}: not an image folder")
-    images = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p))
     if len(images) < 2:
         raise DataError(f"{path}: holds {len(images)} image(s); batch-norm statistics need at least 2")
     return images

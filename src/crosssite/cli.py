@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from . import distributed
@@ -51,6 +52,20 @@ COMPILE_HELP = (
     "see README Speed)"
 )
 assert {f for _, f, _, _ in SETTING_FLAGS} | {"sites", "pepx_relu"} == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def path_text(text: str) -> str:
+    """A file or folder name: an empty one would mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file or folder, got ''")
+    return text
 
 
 def add_site_flag(parser: argparse.ArgumentParser) -> None:
@@ -105,10 +120,13 @@ def cmd_train(args) -> None:
     config = config_from_args(args)
     if config.data is None and not config.sites:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH (or run `crosssite demo`)")
+    finished = args.resume and (Path(config.out) / "metrics.json").exists()
     with distributed.launched():  # under torchrun: one of several processes (crosssite.distributed)
         metrics = train(config, resume=args.resume, progress=not args.quiet, device=args.device)
         if not distributed.is_main():
             return
+    if finished:
+        print(f"{config.out}: this run is finished; --resume changed nothing")
     print(f"test metrics of {Path(config.out) / 'best.pt'} (epoch {metrics['best_epoch']}):")
     print(format_metrics(metrics["sites"]))
 
@@ -271,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     demo = sub.add_parser("demo", help="a short real training + evaluation on the shipped sample")
-    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--out", default="runs/demo", type=path_text)
     demo.add_argument("--epochs", type=int, default=20)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
@@ -286,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="part of the split, or 'all': every image (for a site the run never saw)")
     evaluate.add_argument("--as-site", metavar="KNOWN",
                           help="evaluate sites the checkpoint does not know with the batch norms of site KNOWN")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=positive_int, default=64)
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -297,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--site", required=True,
                          help="which site's batch norms to use, or 'auto': the site whose statistics are closest")
     predict.add_argument("images", nargs="+", metavar="IMG")
-    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--batch-size", type=positive_int, default=64)
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     predict.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -321,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--row-seeds", action="append", metavar="ROWS=N",
         help="run these rows (a group or comma list) at N < --seeds seeds only; repeatable; they run after the others",
     )
-    sweep.add_argument("--out", required=True, help="sweep folder, e.g. results/NAME")
+    sweep.add_argument("--out", required=True, type=path_text, help="sweep folder, e.g. results/NAME")
     add_setting_flags(sweep, exclude=("method", "backbone", "fold", "seed", "out"))
     sweep.add_argument(
         "--jobs", type=int,
@@ -344,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     gradcam.add_argument("checkpoint")
     gradcam.add_argument("--site", required=True, help="which site's network / batch norms to use")
     gradcam.add_argument("images", nargs="+", metavar="IMG")
-    gradcam.add_argument("--out", required=True, help="folder for the PNGs")
+    gradcam.add_argument("--out", required=True, type=path_text, help="folder for the PNGs")
     gradcam.add_argument("--target", choices=("covid", "noncovid"), default="covid", help="class whose map is drawn")
     gradcam.set_defaults(func=cmd_gradcam)
 
@@ -354,14 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--split", metavar="RUN", help="run folder (or its split.json): list pairs across its parts")
     audit.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                        help="near duplicate: 32x32 thumbnail correlation at least this (default %(default)s)")
-    audit.add_argument("--out", required=True, help="folder for pairs.csv")
+    audit.add_argument("--out", required=True, type=path_text, help="folder for pairs.csv")
     audit.set_defaults(func=cmd_audit)
 
     adapt = sub.add_parser("adapt", help="add a new site to a site-specific-BN checkpoint from unlabelled images")
     adapt.add_argument("checkpoint")
     adapt.add_argument("--site", required=True, metavar="NAME=PATH", help="new site name and its image folder")
-    adapt.add_argument("--out", required=True, help="new checkpoint file")
-    adapt.add_argument("--batch-size", type=int, default=64)
+    adapt.add_argument("--out", required=True, type=path_text, help="new checkpoint file")
+    adapt.add_argument("--batch-size", type=positive_int, default=64)
     adapt.set_defaults(func=cmd_adapt)
 
     params = sub.add_parser("params", help="total, shared and per-site parameter counts of methods")
@@ -373,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, like errors (no source location: the user cannot act on it)."""
+    print(f"crosssite: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; `argv` None means sys.argv (then the process may first re-execute itself
     once with faster malloc settings, see crosssite.runtime)."""
@@ -380,9 +403,15 @@ def main(argv: list[str] | None = None) -> int:
         ensure_malloc_tuning()
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = print_warning
+            args.func(args)
     except CrossSiteError as e:
         print(f"crosssite: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an existing file where a folder should be, a read-only folder, a full disk
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"crosssite: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("crosssite: interrupted (a training run continues with --resume)", file=sys.stderr)

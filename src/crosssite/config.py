@@ -8,13 +8,17 @@ onto its fields, so a saved config reproduces its run.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .errors import CrossSiteError
-from .io import atomic_write_text
+from .io import atomic_write_text, read_yaml
 
 
 @dataclass
@@ -48,8 +52,10 @@ class TrainConfig:
     out: str = "runs/default"
 
     def validate(self) -> None:
-        """Reject settings that would fail later, deep inside training."""
-        problems = []
+        """Reject settings that would fail later, deep inside training (or, worse, train wrongly)."""
+        problems = [p for f in dataclasses.fields(self) if (p := _type_problem(f.name, getattr(self, f.name)))]
+        if problems:  # the range rules below compare values, so they need the right types
+            raise CrossSiteError("invalid settings: " + "; ".join(problems))
         if self.split not in ("fold", "official"):
             problems.append(f"split must be 'fold' or 'official', got {self.split!r}")
         if self.folds < 2:
@@ -65,7 +71,15 @@ class TrainConfig:
         if self.width <= 0:
             problems.append(f"width must be positive, got {self.width}")
         if self.lr <= 0 or self.temperature <= 0:
-            problems.append("lr and temperature must be positive")
+            problems.append(f"lr and temperature must be positive, got {self.lr}, {self.temperature}")
+        if self.weight_decay < 0 or self.alpha < 0:
+            problems.append(f"weight_decay and alpha must be at least 0, got {self.weight_decay}, {self.alpha}")
+        if self.grad_clip <= 0:
+            problems.append(f"grad_clip must be positive (a gradient-norm limit), got {self.grad_clip}")
+        if self.eval_batch_size < 1:
+            problems.append(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        if not self.out.strip():
+            problems.append("out must name a run folder, got ''")
         if self.kd_temperature <= 0 or not 0 <= self.kd_weight <= 1:
             problems.append(
                 f"kd_temperature must be positive and kd_weight in [0, 1], got {self.kd_temperature}, {self.kd_weight}"
@@ -95,15 +109,53 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+@functools.cache
+def _field_types() -> dict[str, object]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _type_problem(name: str, value) -> str | None:
+    """What is wrong with the type of `value` for field `name` (from its annotation), or None.
+
+    YAML gives bools for "true", ints for "10" and strings for "10a": an int must be a real int (not a
+    bool), a float a finite number (an int is accepted), a bool a real bool, a list[X] a list of X.
+    """
+    expected = _field_types()[name]
+    if isinstance(expected, types.UnionType):  # X | None
+        if value is None:
+            return None
+        expected = next(t for t in typing.get_args(expected) if t is not type(None))
+    if expected is int:
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        kind = "a finite number"
+    elif typing.get_origin(expected) is list:
+        (item,) = typing.get_args(expected)
+        ok, kind = isinstance(value, list) and all(isinstance(v, item) for v in value), f"a list of {item.__name__}"
+    elif isinstance(expected, type):
+        ok, kind = isinstance(value, expected), {bool: "true or false", str: "a string"}.get(expected, expected.__name__)
+    else:  # an annotation this check does not know: left to the range rules
+        return None
+    if ok:
+        return None
+    return f"{name} must be {kind}, got {value!r}" + (_NUMBER_AS_TEXT if _looks_numeric(value) else "")
+
+
+_NUMBER_AS_TEXT = " (a number in quotes, or YAML's 1e-4, which it reads as text: write 1.0e-4)"
+
+
+def _looks_numeric(value) -> bool:
+    try:
+        return isinstance(value, str) and math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
 def load_config(path: str | Path) -> TrainConfig:
     """Read a YAML config (as written next to every run)."""
     path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise CrossSiteError(f"{path}: cannot read config ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise CrossSiteError(f"{path}: not valid YAML ({e})") from None
+    values = read_yaml(path, "config")
     if values is None:
         values = {}
     if not isinstance(values, dict):

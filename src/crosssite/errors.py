@@ -18,3 +18,7 @@ class CheckpointError(CrossSiteError):
 
 class DivergedError(CrossSiteError):
     """Training produced a non-finite loss."""
+
+
+class CrossSiteWarning(UserWarning):
+    """Something was repaired or skipped that the user should know of (the CLI prints it as one line)."""

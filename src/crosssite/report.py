@@ -20,16 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from matplotlib.figure import Figure
 from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .errors import CrossSiteError
 from .evaluate import METRIC_NAMES
-from .io import atomic_write_text, read_jsonl
+from .io import atomic_write_text
 from .stats import BOOTSTRAP_REPLICATES, bootstrap_auc, paired_difference, percentile_interval
-from .sweep import PROVENANCE, ROW_BY_NAME, Row, job_name, planned_names
+from .sweep import PROVENANCE, ROW_BY_NAME, Row, job_name, planned_names, read_results, read_sweep_settings
 
 METRICS = METRIC_NAMES[:5]  # Table I of the paper: all but specificity
 TESTED_METRIC = "auc"
@@ -66,14 +65,14 @@ def load_results(folder: Path) -> SweepResults:
     settings_file = folder / "sweep.yaml"
     if not settings_file.is_file():
         raise CrossSiteError(f"{folder}: not a sweep folder (no sweep.yaml; run `crosssite sweep --out {folder}`)")
-    settings = yaml.safe_load(settings_file.read_text())
+    settings = read_sweep_settings(settings_file)
     unknown = [r for r in settings["rows"] if r not in ROW_BY_NAME]
     if unknown:
         raise CrossSiteError(f"{settings_file}: unknown row(s) {', '.join(unknown)}")
     rows = [ROW_BY_NAME[r] for r in settings["rows"]]
     row_seeds = settings.get("row_seeds", {})
     planned = [job_name(r.name, fold, seed) for r, fold, seed in planned_names(rows, settings["folds"], settings["seeds"], row_seeds)]
-    latest = {r["job"]: r for r in read_jsonl(folder / "results.jsonl")}
+    latest = {r["job"]: r for r in read_results(folder / "results.jsonl")}
     sites = list(dict.fromkeys(s for r in latest.values() if r["status"] == "ok" for s in r["sites"]))
     if not sites:
         raise CrossSiteError(f"{folder / 'results.jsonl'}: no finished job to report on")

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from .config import TrainConfig
 from .errors import CrossSiteError
-from .io import append_jsonl, atomic_write_text, read_jsonl
+from .io import append_jsonl, atomic_write_text, read_jsonl, read_yaml
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,9 @@ def run_job(job: Job, device: str | None = None) -> dict:
     }
     started = time.time()
     try:
-        metrics = train(job.config, resume=(job.folder / "last.pt").exists(), progress=False, device=device)
+        # resume whatever the job folder holds: a cut run (with or without last.pt yet), or a finished one
+        # whose results line was lost (train then returns its metrics.json)
+        metrics = train(job.config, resume=(job.folder / "config.yaml").exists(), progress=False, device=device)
     except Exception as e:  # a failed job is recorded and the sweep goes on; Ctrl-C still stops it
         return {**record, "status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": round(time.time() - started, 2)}
     return {
@@ -229,7 +231,7 @@ def check_settings(out: Path, settings: dict, command: str | None = None) -> Non
     """Write sweep.yaml, or check that a restarted sweep uses the settings it was started with."""
     path = out / "sweep.yaml"
     if path.exists():
-        saved = yaml.safe_load(path.read_text())
+        saved = read_sweep_settings(path)
         saved.pop(PROVENANCE, None)
         saved.setdefault("row_seeds", {})  # sweeps from before per-row seeds
         if saved != settings:
@@ -242,6 +244,34 @@ def check_settings(out: Path, settings: dict, command: str | None = None) -> Non
     else:
         provenance = {"command": command or "(not recorded: started from Python)", "commit": code_commit()}
         atomic_write_text(path, yaml.safe_dump({**settings, PROVENANCE: provenance}, sort_keys=False))
+
+
+def read_sweep_settings(path: Path) -> dict:
+    """A sweep.yaml as `check_settings` writes it; anything else is one clear error."""
+    saved = read_yaml(path, "sweep.yaml")
+    kinds = {"rows": list, "folds": int, "seeds": int, "config": dict}
+    bad = [k for k, kind in kinds.items() if not isinstance(saved, dict) or not isinstance(saved.get(k), kind)]
+    if bad or not all(isinstance(r, str) for r in saved["rows"]):
+        raise CrossSiteError(f"{path}: not a crosssite sweep.yaml (no valid {', '.join(bad) or 'rows'})")
+    return saved
+
+
+#: what every results.jsonl record holds (a failed job also "error", a finished one "sites")
+RECORD_KEYS = {"job": str, "row": str, "fold": int, "seed": int, "folder": str, "status": str}
+
+
+def read_results(path: Path) -> list[dict]:
+    """The records of results.jsonl, each checked (a torn last line is dropped: see io.read_jsonl)."""
+    records = read_jsonl(path)
+    for number, r in enumerate(records, 1):
+        bad = [k for k, kind in RECORD_KEYS.items() if not isinstance(r.get(k), kind)]
+        if r.get("status") == "ok" and not (
+            isinstance(r.get("sites"), dict) and all(isinstance(m, dict) for m in r["sites"].values())
+        ):
+            bad.append("sites")
+        if bad:
+            raise CrossSiteError(f"{path}: record {number} is not a sweep result (no valid {', '.join(bad)})")
+    return records
 
 
 #: the device of this worker process's jobs (set once per worker by `_init_worker`)
@@ -309,7 +339,7 @@ def run_sweep(
     check_settings(out, sweep_settings(base, rows, seeds, row_seeds), command)
     results = out / "results.jsonl"
     planned = plan(base, rows, seeds, out, row_seeds)
-    done = read_jsonl(results)
+    done = read_results(results)
     todo = [j for j in planned if not finished(j, done)]
     written = []
     bar = tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="job", disable=not progress)

@@ -39,7 +39,7 @@ from .data.transforms import random_crop_flip, to_tensor
 from .errors import CrossSiteError, DivergedError
 from .evaluate import mean_auc, predict_proba, site_metrics
 from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
-from .methods import create_method
+from .methods import check_method, create_method
 
 
 @dataclass
@@ -68,15 +68,14 @@ class RunData:
 
 
 def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = True) -> RunData:
-    """Read the sites, make (or on resume, reload) the split and decode every image once."""
+    """Read the sites, make (or on resume, reload) the split and decode every image once; writes nothing,
+    so bad data fails before a run folder is started."""
     sites = load_sites(Path(config.data) if config.data else None, config.sites)
     split_file = out / "split.json"
     if resume and split_file.exists():
         splits = load_splits(split_file, sites)
     else:
         splits = make_splits(sites, config.split, config.fold, config.folds, config.seed, config.group_duplicates)
-        settings = {k: getattr(config, k) for k in ("split", "fold", "folds", "seed", "group_duplicates")}
-        save_splits(split_file, sites, splits, settings=settings)
     data = RunData(sites, splits, DecodedCache(config.image_size))
     for name in sites:
         evaluated = data.paths(name, "val") + data.paths(name, "test")
@@ -118,8 +117,9 @@ def _seed_everything(seed: int) -> None:
 
 
 def _check_same_settings(config: TrainConfig, saved_file: Path) -> None:
+    """--resume continues the same run: every setting but `out` (a run folder may be moved or copied)."""
     saved = load_config(saved_file).to_dict()
-    changed = [k for k, v in config.to_dict().items() if saved.get(k) != v]
+    changed = [k for k, v in config.to_dict().items() if saved.get(k) != v and k != "out"]
     if changed:
         raise CrossSiteError(f"{saved_file}: --resume with different settings ({', '.join(changed)})")
 
@@ -157,40 +157,81 @@ def _write_tail_predictions(path: Path, epoch: int, rows: list[dict]) -> None:
     write_predictions(path, kept + [{"epoch": epoch, **r} for r in rows])
 
 
+#: the files of a run folder: any of them means the folder holds a run, finished or not
+RUN_FILES = ("config.yaml", "split.json", "train_log.jsonl", "last.pt", "best.pt", "metrics.json", "predictions.csv",
+             "tail_predictions.csv")
+
+
+def check_run_folder(out: Path, resume: bool) -> bool:
+    """Refuse to overwrite a run (called before anything is written); return whether `out` holds one to resume.
+
+    --resume of a folder without config.yaml but with other run files is refused too: its settings cannot be
+    checked, and starting over would overwrite them. An empty or missing folder starts afresh.
+    """
+    if out.exists() and not out.is_dir():
+        raise CrossSiteError(f"{out}: --out names a file, not a run folder")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if not held:
+        return False
+    if not resume:
+        raise CrossSiteError(f"{out}: holds a run already ({', '.join(held)}); pass --resume to continue it "
+                             "or choose another --out")
+    if "config.yaml" not in held:
+        raise CrossSiteError(f"{out}: cannot --resume without its config.yaml (the folder holds {', '.join(held)}); "
+                             "choose another --out")
+    return True
+
+
 def _resume_state(out: Path, method, scheduler) -> tuple[int, dict[str, float], dict[str, int]]:
-    """Load last.pt into the method; drop log lines of the epoch that was cut off."""
+    """Load last.pt (if one was saved) into the method; drop log lines of epochs it does not hold."""
+    epoch, best, best_epochs = 0, {}, {}
     last = out / "last.pt"
-    if not last.exists():
-        return 0, {}, {}
-    ckpt = load_checkpoint(last, expect_method=method.name)
-    method.load_state_dict(ckpt["model"])
-    method.optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    epoch = int(ckpt["epoch"])
+    if last.exists():
+        ckpt = load_checkpoint(last, expect_method=method.name)
+        method.load_state_dict(ckpt["model"])
+        method.optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        epoch, best, best_epochs = int(ckpt["epoch"]), dict(ckpt["best_val_auc"]), dict(ckpt["best_epochs"])
     log = out / "train_log.jsonl"
-    kept = [r for r in read_jsonl(log) if r["epoch"] <= epoch]
-    atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
-    return epoch, dict(ckpt["best_val_auc"]), dict(ckpt["best_epochs"])
+    if log.exists():
+        kept = [r for r in read_jsonl(log) if r["epoch"] <= epoch]
+        atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
+    return epoch, best, best_epochs
+
+
+def finished_metrics(out: Path) -> dict | None:
+    """metrics.json of a finished run (it is written last), or None while the run is not finished."""
+    path = out / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CrossSiteError(f"{path}: damaged (not JSON); the run's best.pt can be tested with crosssite evaluate") from None
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True, device: str = "auto") -> dict:
     """Train `config.method` on the sites, keep the best validation checkpoint, test it; return metrics.json."""
     config.validate()
+    check_method(config.method, config.backbone)
     distributed.device(device)  # a bad --device fails before anything is written
     out = Path(config.out)
-    if not resume and (out / "last.pt").exists():
-        raise CrossSiteError(f"{out}: holds a run already; pass --resume to continue it or choose another --out")
-    resume = resume and (out / "config.yaml").exists()  # killed before anything was saved: start afresh
+    resume = check_run_folder(out, resume)  # False: nothing saved yet (or killed before anything was): start afresh
     # torchrun (crosssite.distributed): every rank has looked at the run folder before rank 0 writes to it;
     # only rank 0 writes files and shows progress
     distributed.barrier()
     progress = progress and distributed.is_main()
     if resume:
         _check_same_settings(config, out / "config.yaml")
-    else:
-        save_config(config, out / "config.yaml")
+        if (done := finished_metrics(out)) is not None:
+            return done  # a finished run: nothing to continue, nothing changes
 
     data = prepare_data(config, out, resume, progress)
+    if not resume:
+        save_config(config, out / "config.yaml")
+    if not (out / "split.json").exists():
+        settings = {k: getattr(config, k) for k in ("split", "fold", "folds", "seed", "group_duplicates")}
+        save_splits(out / "split.json", data.sites, data.splits, settings=settings)
     _seed_everything(config.seed)
     method = create_method(config.method, len(data.sites), config)
     update = distributed.make_update(method, device)  # channels_last; under torchrun: this rank's share, DDP
@@ -287,8 +328,8 @@ def test_best(config: TrainConfig, data: RunData, out: Path, device: str = "auto
         "sites": per_site,
         "tail_auc": tail_auc(out / "tail_predictions.csv"),
     }
-    atomic_write_json(out / "metrics.json", metrics)
     write_predictions(out / "predictions.csv", rows)
+    atomic_write_json(out / "metrics.json", metrics)  # last: it marks the run finished
     return metrics
 
 

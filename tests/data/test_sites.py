@@ -1,3 +1,4 @@
+import os
 import shutil
 
 import numpy as np
@@ -146,3 +147,23 @@ def test_generic_csv_unknown_label(sample_dir, tmp_path):
     with pytest.raises(DataError, match="unknown label 'maybe'") as e:
         read_site(csv_path, "csv")
     assert str(csv_path) in str(e.value)
+
+
+@pytest.mark.parametrize("second, expected", [
+    ("img0.png,COVID,p1\n", r"site\.csv:4: img0\.png is already listed on line 2; list each image once"),
+    ("./img0.png,0,p1\n", r"site\.csv:4: \./img0\.png is already listed on line 2 with label COVID, here NonCOVID"),
+])
+def test_generic_csv_refuses_an_image_listed_twice(sample_dir, tmp_path, second, expected):
+    """One image twice (even spelled differently, or with two labels) could land in train and test."""
+    csv_path = _write_csv(tmp_path, sample_dir, ["img0.png,COVID,p1\n", "img1.png,0,\n", second])
+    with pytest.raises(DataError, match=expected):
+        read_site(csv_path, "csv")
+
+
+def test_file_name_that_is_not_utf8_is_refused_when_the_site_is_read(sample_dir, tmp_path):
+    shutil.copytree(sample_dir / "sars-cov-2-ct", tmp_path / "site")
+    image = next((tmp_path / "site" / "COVID").iterdir())
+    bad = image.with_name(os.fsdecode(b"scan-\xff.png"))
+    image.rename(bad)
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        read_site(tmp_path / "site", "s")

@@ -92,6 +92,11 @@ def _class_images(root: Path, folder: str, label: int) -> list[Path]:
 
 
 def _sorted_site(name: str, samples: list[Sample]) -> Site:
+    for s in samples:  # paths go into split.json and predictions.csv, which are UTF-8 text
+        try:
+            str(s.path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{s.path}: file name is not valid UTF-8; rename it") from None
     return Site(name, sorted(samples, key=lambda s: str(s.path)))
 
 
@@ -223,6 +228,7 @@ def _read_generic_csv(path: Path, name: str) -> Site:
     if header[:2] != ["path", "label"] or header[2:] not in ([], ["patient_id"]):
         raise DataError(f"{path}: expected header 'path,label' or 'path,label,patient_id', got {','.join(header)!r}")
     samples = []
+    listed: dict[Path, tuple[int, int]] = {}  # resolved image path -> (CSV line, label) where first listed
     for line, row in rows:
         if not any(c.strip() for c in row):
             continue
@@ -237,6 +243,10 @@ def _read_generic_csv(path: Path, name: str) -> Site:
             raise DataError(f"{path}:{line}: {rel} is not an image file name ({' '.join(sorted(IMAGE_EXTENSIONS))})")
         if not image.is_file():
             raise DataError(f"{path}:{line}: image {image} not found")
+        first_line, first_label = listed.setdefault(image.resolve(), (line, label))
+        if first_line != line:  # a copy in train and one in test would leak
+            labels = "" if first_label == label else f" with label {LABEL_NAMES[first_label]}, here {LABEL_NAMES[label]}"
+            raise DataError(f"{path}:{line}: {rel} is already listed on line {first_line}{labels}; list each image once")
         patient = (row[2].strip() or None) if len(row) > 2 else None
         samples.append(Sample(image, label, patient))
     for label in (COVID, NON_COVID):

@@ -37,12 +37,14 @@ class Method(nn.Module):
 
     def __init__(self, num_sites: int, config: TrainConfig):
         super().__init__()
-        if config.backbone not in self.backbones:
-            raise CrossSiteError(
-                f"method {self.name!r} runs on backbone(s) {', '.join(self.backbones)}, not {config.backbone!r}"
-            )
+        self.check_backbone(config.backbone)
         self.num_sites = num_sites
         self.config = config
+
+    @classmethod
+    def check_backbone(cls, backbone: str) -> None:
+        if backbone not in cls.backbones:
+            raise CrossSiteError(f"method {cls.name!r} runs on backbone(s) {', '.join(cls.backbones)}, not {backbone!r}")
 
     def make_backbone(self, projection: bool = False) -> nn.Module:
         """A fresh backbone as configured; `projection` keeps the contrastive projection head."""

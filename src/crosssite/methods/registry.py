@@ -17,7 +17,13 @@ def register(name: str):
     return add
 
 
-def create_method(name: str, num_sites: int, config: TrainConfig):
+def check_method(name: str, backbone: str) -> None:
+    """Refuse an unknown method, or a backbone it does not run on, before any data is read."""
     if name not in METHODS:
         raise CrossSiteError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    METHODS[name].check_backbone(backbone)
+
+
+def create_method(name: str, num_sites: int, config: TrainConfig):
+    check_method(name, config.backbone)
     return METHODS[name](num_sites, config)
