@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from .data.volumes import parse_slices
 from .errors import CrossSiteError
 from .io import atomic_write_text
 
@@ -43,6 +44,9 @@ class TrainConfig:
     kd_weight: float = 0.5  # MS-Net universal head: (1 - w) CE + w KL; 0.5/0.5 as liuquande/MS-Net main.py
     group_duplicates: float | None = None  # fold split: keep near-duplicates (correlation >= this) in one part
     eval_batch_size: int = 64
+    # CT scans (DICOM/NIfTI/MetaImage): HU window [width, level] (lung window), and which slices to use
+    window: list[float] = field(default_factory=lambda: [1500.0, -600.0])
+    slices: str = "all"  # "all" or START:STOP[:STEP] in anatomical order, e.g. "::4"
     out: str = "runs/default"
 
     def validate(self) -> None:
@@ -71,6 +75,12 @@ class TrainConfig:
         if self.group_duplicates is not None and (self.split != "fold" or not 0 < self.group_duplicates <= 1):
             problems.append(f"group_duplicates must be a correlation in (0, 1] and needs split 'fold', "
                             f"got {self.group_duplicates} with split {self.split!r}")
+        if len(self.window) != 2 or not float(self.window[0]) > 0:
+            problems.append(f"window must be [width, level] in HU with a positive width, got {self.window}")
+        try:
+            parse_slices(self.slices)
+        except CrossSiteError as e:
+            problems.append(str(e))
         if problems:
             raise CrossSiteError("invalid settings: " + "; ".join(problems))
 

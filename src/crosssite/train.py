@@ -7,7 +7,7 @@ Run folder (`config.out`):
   last.pt           everything needed to resume, rewritten atomically after every epoch
   best.pt           weights with the best mean validation AUC over sites (evaluated on test)
   metrics.json      per-site test metrics of best.pt
-  predictions.csv   one row per test image: site, path, label, P(COVID)
+  predictions.csv   one row per test image: site, path, label, P(COVID), patient id (empty if none)
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class RunData:
 
 def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = True) -> RunData:
     """Read the sites, make (or on resume, reload) the split and decode every image once."""
-    sites = load_sites(Path(config.data) if config.data else None, config.sites)
+    sites = load_sites(Path(config.data) if config.data else None, config.sites, config.slices)
     split_file = out / "split.json"
     if resume and split_file.exists():
         splits = load_splits(split_file, sites)
@@ -68,7 +68,7 @@ def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = 
         splits = make_splits(sites, config.split, config.fold, config.folds, config.seed, config.group_duplicates)
         settings = {k: getattr(config, k) for k in ("split", "fold", "folds", "seed", "group_duplicates")}
         save_splits(split_file, sites, splits, settings=settings)
-    data = RunData(sites, splits, DecodedCache(config.image_size))
+    data = RunData(sites, splits, DecodedCache(config.image_size, config.window))
     for name in sites:
         evaluated = data.paths(name, "val") + data.paths(name, "test")
         data.cache.preload(data.paths(name, "train"), f"decode {name} train", variants=("train",), progress=progress)
@@ -87,10 +87,12 @@ def evaluate_part(method, data: RunData, part: str, batch_size: int,
         site_index = position if bn_sites is None else bn_sites[name]
         paths = data.paths(name, part)
         labels = data.labels(name, part)
+        patients = [data.sites[name].samples[i].patient or "" for i in data.splits[name][part]]
         probs = predict_proba(method, data.cache.eval_batch(paths), site_index, batch_size, compile=compile)
         per_site[name] = site_metrics(labels, probs)
         rows += [
-            {"site": name, "path": str(p), "label": int(y), "p_covid": float(q)} for p, y, q in zip(paths, labels, probs)
+            {"site": name, "path": str(p), "label": int(y), "p_covid": float(q), "patient": patient}
+            for p, y, q, patient in zip(paths, labels, probs, patients)
         ]
     return per_site, rows
 
@@ -241,7 +243,7 @@ def test_best(config: TrainConfig, data: RunData, out: Path, device: str = "auto
 
 def write_predictions(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["site", "path", "label", "p_covid"])
+    writer = csv.DictWriter(buffer, fieldnames=["site", "path", "label", "p_covid", "patient"])
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
