@@ -59,6 +59,10 @@ def test_train_predict_evaluate_on_dicom_series(ct_series_site, tmp_path, capsys
     assert "scan-level (mean of the top 5 slices, n = scans):" in out and "patient-level" in out
 
 
-def test_predict_on_a_folder_without_scans(ct_series_site, tmp_path, capsys):
+def test_predict_input_folder_without_scans(tmp_path):
+    from crosssite.errors import DataError
+    from crosssite.predict import expand_inputs
+
     (tmp_path / "empty").mkdir()
-    assert main(["predict", "no-checkpoint.pt", "--site", "hosp", str(tmp_path / "empty")]) == 2
+    with pytest.raises(DataError, match=r"empty: no CT scan in it"):
+        expand_inputs([tmp_path / "empty"])

@@ -38,7 +38,7 @@ def test_train_writes_metrics_of_the_documented_shape(tmp_path, method):
     split = json.loads((out / "split.json").read_text())
     assert "covid-ct" in json.dumps(split)
     rows = (out / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "site,path,label,p_covid"
+    assert rows[0] == "site,path,label,p_covid,patient"
     assert len(rows) - 1 == sum(s["n"] for s in on_disk["sites"].values())
 
 
