@@ -1,5 +1,6 @@
 """Shared fixtures: the shipped sample (always present) and the full data (optional)."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,44 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "sars-cov-2-ct").is_dir():
         pytest.skip(f"full data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def metaimage_writer():
+    """write_metaimage(path, volume, ...): a MetaImage written as ITK writes one."""
+    return write_metaimage
+
+
+def write_metaimage(path: Path, volume, element_type: str = "MET_SHORT", compressed: bool = False,
+                    detached: bool = False, matrix: str = "1 0 0 0 1 0 0 0 1") -> Path:
+    """A MetaImage of (slices, rows, columns) `volume`, as ITK writes one (x fastest)."""
+    import zlib
+
+    import numpy as np
+
+    dtype = {"MET_SHORT": "<i2", "MET_UCHAR": "u1", "MET_FLOAT": "<f4"}[element_type]
+    data = np.ascontiguousarray(volume, dtype=dtype).tobytes()
+    data = zlib.compress(data) if compressed else data
+    z, y, x = np.shape(volume)
+    raw = path.with_suffix(".zraw" if compressed else ".raw")
+    header = (f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+              f"CompressedData = {compressed}\nTransformMatrix = {matrix}\nElementSpacing = 0.7 0.7 2.5\n"
+              f"DimSize = {x} {y} {z}\nElementType = {element_type}\n"
+              f"ElementDataFile = {raw.name if detached else 'LOCAL'}\n")
+    if detached:
+        raw.write_bytes(data)
+        path.write_text(header)
+    else:
+        path.write_bytes(header.encode() + data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ct_series_site(tmp_path_factory) -> Path:
+    """A site CSV naming 8 small DICOM series (4 COVID, 4 NonCOVID, 6 slices each, one patient each),
+    made from the shipped sample's PNG slices wrapped as HU (see scripts/make_dicom_demo.py)."""
+    pytest.importorskip("pydicom", reason="DICOM tests need the dicom extra: pip install -e '.[dicom]'")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    from make_dicom_demo import write_demo_series
+
+    return write_demo_series(tmp_path_factory.mktemp("hospital"), series_per_class=4, slices=6, size=64)

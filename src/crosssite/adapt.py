@@ -20,6 +20,7 @@ import torch
 from .checkpoint import load_checkpoint, method_from_checkpoint, save_checkpoint
 from .data.images import DecodedCache
 from .data.sites import is_image
+from .data.volumes import find_scans, is_scan_path, scan_slices
 from .data.transforms import to_tensor
 from .errors import CrossSiteError, DataError
 from .models.site_bn import SiteBatchNorm, add_site
@@ -28,13 +29,15 @@ from .models.site_bn import SiteBatchNorm, add_site
 _DROPPED = {"format", "version", "method", "config", "site_names", "model", "optimizer", "scheduler"}
 
 
-def list_images(path: Path) -> list[Path]:
-    """Every image file under `path` (any layout, searched recursively), or `path` itself if it is one."""
+def list_images(path: Path, slices: str = "all") -> list[Path]:
+    """Every image file under `path` (any layout, searched recursively), or `path` itself if it is one,
+    and the `slices` of every CT scan (series folder, volume, DICOMDIR) under it."""
     path = Path(path)
     if path.is_file() and is_image(path):
         images = [path]
-    elif path.is_dir():
-        images = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p))
+    elif path.is_dir() or is_scan_path(path):
+        images = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p)) if path.is_dir() else []
+        images += [p for scan in find_scans(path) for p in scan_slices(scan, slices)[0]]
     else:
         raise DataError(f"{path}: not an image folder")
     if len(images) < 2:
@@ -91,8 +94,8 @@ def adapt_checkpoint(checkpoint: Path, site_arg: str, out: Path, batch_size: int
     except ValueError as e:
         raise CrossSiteError(f"{checkpoint}: cannot add a site ({e})") from None
     method.num_sites += 1
-    paths = list_images(Path(source))
-    images = DecodedCache(config.image_size).eval_batch(paths)
+    paths = list_images(Path(source), config.slices)
+    images = DecodedCache(config.image_size, config.window).eval_batch(paths)
     estimate_bn_statistics(method, new_site, images, batch_size)
 
     record = {

@@ -17,6 +17,13 @@ from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError
 from .runtime import ensure_malloc_tuning
 
+
+def parse_window(text: str) -> list[float]:
+    """--window W,L -> [W, L] (argparse turns the ValueError into a one-line usage error)."""
+    width, level = (float(v) for v in text.split(","))
+    return [width, level]
+
+
 # flags of `train` that set a TrainConfig field: (flag, field, type, help)
 SETTING_FLAGS = [
     ("--method", "method", str, "single, joint, sepnorm, contrastive, series-adapter, parallel-adapter, ms-net"),
@@ -44,6 +51,8 @@ SETTING_FLAGS = [
     ("--eval-batch-size", "eval_batch_size", int, "batch size for validation and test"),
     ("--tail-epochs", "tail_epochs", int,
      "test predictions of the last K epochs are kept (tail_predictions.csv) for the report; never for selection"),
+    ("--window", "window", parse_window, "CT scans: HU window WIDTH,LEVEL (default 1500,-600: lung)"),
+    ("--slices", "slices", str, "CT scans: 'all' or START:STOP[:STEP] of each scan's slices, e.g. '::4' (every 4th)"),
     ("--out", "out", str, "run folder"),
 ]
 DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
@@ -76,6 +85,15 @@ def add_site_flag(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=PATH",
         help="add a site (or override a discovered one); repeatable",
     )
+
+
+def add_aggregate_flags(parser: argparse.ArgumentParser) -> None:
+    """How a scan's (or patient's) P(COVID) follows from its slices' (crosssite.scans)."""
+    from .scans import AGGREGATES, TOP_K
+
+    parser.add_argument("--aggregate", choices=AGGREGATES, default="topk",
+                        help="scan / patient P(COVID): mean of the top-k slices (default), max or mean")
+    parser.add_argument("--top-k", type=int, default=TOP_K, help="k of --aggregate topk (default %(default)s)")
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
@@ -159,13 +177,15 @@ def cmd_evaluate(args) -> None:
     from .distributed import device
     from .data.splits import load_splits, make_splits
     from .predict import site_index
+    from .scans import describe, level_metrics
     from .train import RunData, evaluate_part
 
     payload = load_checkpoint(Path(args.checkpoint))
     method, config, site_names = method_from_checkpoint(payload, args.checkpoint)
     method.to(device(args.device))
     data_dir = args.data or config.data
-    sites = load_sites(Path(data_dir) if data_dir else None, args.sites if args.sites is not None else config.sites)
+    sites = load_sites(Path(data_dir) if data_dir else None, args.sites if args.sites is not None else config.sites,
+                       config.slices)
     # which of the model's sites predicts for each loaded site; unknown sites only with --as-site
     bn_sites = {n: site_names.index(n) for n in sites if n in site_names}
     if args.as_site is not None:
@@ -192,20 +212,27 @@ def cmd_evaluate(args) -> None:
     as_note = {n: site_names[i] for n, i in bn_sites.items() if n not in site_names}
     if as_note:
         source += "; batch norms: " + ", ".join(f"{n} as {k}" for n, k in as_note.items())
-    data = RunData(sites, splits, DecodedCache(config.image_size))
-    per_site, _ = evaluate_part(method, data, args.part, args.batch_size, bn_sites, compile=args.compile)
+    data = RunData(sites, splits, DecodedCache(config.image_size, config.window))
+    per_site, rows = evaluate_part(method, data, args.part, args.batch_size, bn_sites, compile=args.compile)
+    levels = level_metrics(rows, args.aggregate, args.top_k)
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "part": args.part, "split": source, "sites": per_site}))
+        print(json.dumps({"checkpoint": args.checkpoint, "part": args.part, "split": source, "sites": per_site,
+                          "aggregate": describe(args.aggregate, args.top_k), "scans": levels["scan"],
+                          "patients": levels["patient"]}))
     else:
         print(f"{args.part} metrics of {args.checkpoint} ({source}):")
         print(format_metrics(per_site))
+        for level, per_group in levels.items():
+            if per_group:
+                print(f"{level}-level ({describe(args.aggregate, args.top_k)}, n = {level}s):")
+                print(format_metrics(per_group))
 
 
 def cmd_predict(args) -> None:
     from .predict import predict_images
 
     rows = predict_images(Path(args.checkpoint), args.site, [Path(p) for p in args.images], args.batch_size,
-                          compile=args.compile, device=args.device)
+                          compile=args.compile, device=args.device, how=args.aggregate, top_k=args.top_k)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -213,7 +240,10 @@ def cmd_predict(args) -> None:
             distances = ", ".join(f"{n} {d:.4g}" for n, d in rows[0]["bn_distance"].items())
             print(f"site auto: {rows[0]['site']} (batch-norm distance: {distances})", file=sys.stderr)
         for r in rows:
-            print(f"{r['path']}\tP(COVID)={r['p_covid']:.4f}\t{r['label']}")
+            for s in r.get("slices", []):
+                print(f"{s['path']}\tP(COVID)={s['p_covid']:.4f}\t{s['label']}")
+            scan_note = f"\tscan: {r['aggregate']} of {len(r['slices'])}" if "slices" in r else ""
+            print(f"{r['path']}\tP(COVID)={r['p_covid']:.4f}\t{r['label']}{scan_note}")
 
 
 def cmd_audit(args) -> None:
@@ -304,17 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
                           help="part of the split, or 'all': every image (for a site the run never saw)")
     evaluate.add_argument("--as-site", metavar="KNOWN",
                           help="evaluate sites the checkpoint does not know with the batch norms of site KNOWN")
+    add_aggregate_flags(evaluate)
     evaluate.add_argument("--batch-size", type=positive_int, default=64)
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = sub.add_parser("predict", help="P(COVID) for new images of a known site")
+    predict = sub.add_parser("predict", help="P(COVID) for new images or CT scans (series folders, volumes) of a known site")
     predict.add_argument("checkpoint")
     predict.add_argument("--site", required=True,
                          help="which site's batch norms to use, or 'auto': the site whose statistics are closest")
-    predict.add_argument("images", nargs="+", metavar="IMG")
+    predict.add_argument("images", nargs="+", metavar="IMG_OR_SCAN")
+    add_aggregate_flags(predict)
     predict.add_argument("--batch-size", type=positive_int, default=64)
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from .data.volumes import parse_slices
 from .errors import CrossSiteError
 from .io import atomic_write_text, read_yaml
 
@@ -49,6 +50,9 @@ class TrainConfig:
     group_duplicates: float | None = None  # fold split: keep near-duplicates (correlation >= this) in one part
     eval_batch_size: int = 64
     tail_epochs: int = 3  # test predictions of the last k epochs are kept for the report (never for selection)
+    # CT scans (DICOM/NIfTI/MetaImage): HU window [width, level] (lung window), and which slices to use
+    window: list[float] = field(default_factory=lambda: [1500.0, -600.0])
+    slices: str = "all"  # "all" or START:STOP[:STEP] in anatomical order, e.g. "::4"
     out: str = "runs/default"
 
     def validate(self) -> None:
@@ -91,6 +95,12 @@ class TrainConfig:
         if self.group_duplicates is not None and (self.split != "fold" or not 0 < self.group_duplicates <= 1):
             problems.append(f"group_duplicates must be a correlation in (0, 1] and needs split 'fold', "
                             f"got {self.group_duplicates} with split {self.split!r}")
+        if len(self.window) != 2 or not float(self.window[0]) > 0:
+            problems.append(f"window must be [width, level] in HU with a positive width, got {self.window}")
+        try:
+            parse_slices(self.slices)
+        except CrossSiteError as e:
+            problems.append(str(e))
         if problems:
             raise CrossSiteError("invalid settings: " + "; ".join(problems))
 
@@ -126,13 +136,13 @@ def _type_problem(name: str, value) -> str | None:
             return None
         expected = next(t for t in typing.get_args(expected) if t is not type(None))
     if expected is int:
-        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        ok, kind = _is_int(value), "an integer"
     elif expected is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        kind = "a finite number"
+        ok, kind = _is_number(value), "a finite number"
     elif typing.get_origin(expected) is list:
         (item,) = typing.get_args(expected)
-        ok, kind = isinstance(value, list) and all(isinstance(v, item) for v in value), f"a list of {item.__name__}"
+        fits = _is_number if item is float else lambda v: isinstance(v, item)
+        ok, kind = isinstance(value, list) and all(fits(v) for v in value), f"a list of {item.__name__}"
     elif isinstance(expected, type):
         ok, kind = isinstance(value, expected), {bool: "true or false", str: "a string"}.get(expected, expected.__name__)
     else:  # an annotation this check does not know: left to the range rules
@@ -140,6 +150,15 @@ def _type_problem(name: str, value) -> str | None:
     if ok:
         return None
     return f"{name} must be {kind}, got {value!r}" + (_NUMBER_AS_TEXT if _looks_numeric(value) else "")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (YAML writes 1500 for 1500.0), never a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _NUMBER_AS_TEXT = " (a number in quotes, or YAML's 1e-4, which it reads as text: write 1.0e-4)"

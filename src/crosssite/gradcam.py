@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend needed
 
 from .checkpoint import load_checkpoint, method_from_checkpoint
-from .data.images import DecodedCache, load_grayscale
+from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.transforms import to_tensor
 from .errors import CrossSiteError
 from .io import atomic_write
-from .predict import LABEL_NAMES, site_index
+from .predict import LABEL_NAMES, expand_inputs, site_index
 
 COVID = 1
 
@@ -52,14 +52,14 @@ def upsample(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 def explain(method, config, site: int, paths: list[Path], target: int = COVID) -> list[dict]:
     """Per image: the grayscale original, its Grad-CAM map at the original's size, and P(COVID)."""
-    cache = DecodedCache(config.image_size)
+    cache = DecodedCache(config.image_size, config.window)
     parts = [grad_cam(method, site, to_tensor(cache.eval_batch([paths[i] for i in idx])), target)
              for idx in eval_batches(len(paths), config.eval_batch_size)]
     cams = torch.cat([cam for cam, _ in parts])
     probs = torch.softmax(torch.cat([logits for _, logits in parts]), dim=1)[:, COVID].numpy()
     results = []
     for path, cam, p in zip(paths, cams, probs):
-        image = load_grayscale(Path(path))
+        image = cache.original(path)
         results.append({"path": Path(path), "image": image, "cam": upsample(cam, image.shape), "p_covid": float(p)})
     return results
 
@@ -85,7 +85,8 @@ def gradcam_images(checkpoint: Path, site: str, images: list[Path], out: Path, t
     if not images:
         raise CrossSiteError("no images given")
     method, config, site_names = method_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-    results = explain(method, config, site_index(site_names, site, checkpoint), images, target)
+    paths = [p for _, scan_paths in expand_inputs(images, config.slices) for p in scan_paths]
+    results = explain(method, config, site_index(site_names, site, checkpoint), paths, target)
     written = []
     for i, result in enumerate(results):
         name = f"{result['path'].stem}.png"

@@ -19,11 +19,14 @@ import torch
 from .checkpoint import load_checkpoint, method_from_checkpoint
 from .data.images import DecodedCache
 from .data.sampling import eval_batches
+from .data.sites import is_image
+from .data.volumes import find_scans, is_scan_path, scan_slices
 from .data.transforms import to_tensor
 from .distributed import device as resolve_device
-from .errors import CrossSiteError
+from .errors import CrossSiteError, DataError
 from .evaluate import predict_proba
 from .models.site_bn import SiteBatchNorm
+from .scans import TOP_K, aggregate, describe
 
 LABEL_NAMES = {0: "NonCOVID", 1: "COVID"}
 AUTO = "auto"
@@ -87,10 +90,28 @@ def bn_distances(method, images: np.ndarray, batch_size: int = 64) -> list[float
     return distances
 
 
-def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = 64,
-                   compile: bool = False, device: str = "auto") -> list[dict]:
-    """One dict per image: path, P(COVID) and predicted label (P(COVID) >= 0.5).
+def expand_inputs(paths: list[Path], slices: str = "all") -> list[tuple[str | None, list[Path]]]:
+    """Per input: (scan, its selected slices) for every scan it names (series folder, volume, DICOMDIR),
+    or (None, [path]) for an image file."""
+    expanded = []
+    for path in map(Path, paths):
+        if is_scan_path(path) and not is_image(path):
+            scans = find_scans(path)
+            if not scans:
+                raise DataError(f"{path}: no CT scan in it (DICOM series, DICOMDIR, NIfTI or MetaImage volume)")
+            expanded += [(scan, scan_slices(scan, slices)[0]) for scan in scans]
+        else:
+            expanded.append((None, [path]))
+    return expanded
 
+
+def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = 64,
+                   compile: bool = False, device: str = "auto", how: str = "topk", top_k: int = TOP_K) -> list[dict]:
+    """One dict per image or scan: path, P(COVID) and predicted label (P(COVID) >= 0.5).
+
+    A scan (series folder, volume, each series of a DICOMDIR) is predicted slice by slice (the checkpoint's
+    window and slice selection); its row's P(COVID) aggregates them (`how`, `top_k`: crosssite.scans)
+    and `slices` holds one row per slice.
     `device`: where the network runs (see crosssite.distributed.device; "auto" = a GPU when there is one).
     With site "auto" every row also carries the chosen `site` and `bn_distance`, each known site's distance.
     """
@@ -101,14 +122,21 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
         index = site_index(site_names, site, checkpoint)
     if not images:
         raise CrossSiteError("no images given")
-    batch = DecodedCache(config.image_size).eval_batch([Path(p) for p in images])
+    inputs = expand_inputs(images, config.slices)
+    flat = [p for _, paths in inputs for p in paths]
+    batch = DecodedCache(config.image_size, config.window).eval_batch(flat)
     extra = {}
     if site == AUTO:
         distances = bn_distances(method, batch, batch_size)
         index = int(np.argmin(distances))
         extra = {"site": site_names[index], "bn_distance": dict(zip(site_names, distances))}
-    probs = predict_proba(method, batch, index, batch_size, compile=compile)
-    return [
-        {"path": str(p), "p_covid": float(q), "label": LABEL_NAMES[int(q >= 0.5)], **extra}
-        for p, q in zip(images, np.asarray(probs))
-    ]
+    probs = iter(np.asarray(predict_proba(method, batch, index, batch_size, compile=compile)).tolist())
+    rows = []
+    for scan, paths in inputs:
+        row = [{"path": str(p), "p_covid": q, "label": LABEL_NAMES[int(q >= 0.5)]} for p, q in zip(paths, probs)]
+        if scan is not None:
+            p_scan = aggregate([r["p_covid"] for r in row], how, top_k)
+            row = [{"path": scan, "p_covid": p_scan, "label": LABEL_NAMES[int(p_scan >= 0.5)],
+                    "aggregate": describe(how, top_k), "slices": row}]
+        rows += [{**r, **extra} for r in row]
+    return rows

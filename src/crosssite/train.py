@@ -70,13 +70,13 @@ class RunData:
 def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = True) -> RunData:
     """Read the sites, make (or on resume, reload) the split and decode every image once; writes nothing,
     so bad data fails before a run folder is started."""
-    sites = load_sites(Path(config.data) if config.data else None, config.sites)
+    sites = load_sites(Path(config.data) if config.data else None, config.sites, config.slices)
     split_file = out / "split.json"
     if resume and split_file.exists():
         splits = load_splits(split_file, sites)
     else:
         splits = make_splits(sites, config.split, config.fold, config.folds, config.seed, config.group_duplicates)
-    data = RunData(sites, splits, DecodedCache(config.image_size))
+    data = RunData(sites, splits, DecodedCache(config.image_size, config.window))
     for name in sites:
         evaluated = data.paths(name, "val") + data.paths(name, "test")
         data.cache.preload(data.paths(name, "train"), f"decode {name} train", variants=("train",), progress=progress)

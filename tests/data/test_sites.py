@@ -167,3 +167,35 @@ def test_file_name_that_is_not_utf8_is_refused_when_the_site_is_read(sample_dir,
     image.rename(bad)
     with pytest.raises(DataError, match="not valid UTF-8"):
         read_site(tmp_path / "site", "s")
+
+
+def test_csv_of_dicom_series_gives_slices_with_patient_ids(ct_series_site):
+    from crosssite.data.sites import read_site
+
+    site = read_site(ct_series_site, "hosp", slices="::2")
+    assert len(site) == 8 * 3  # 8 series of 6 slices, every 2nd
+    assert {s.scan for s in site.samples} == {str(ct_series_site.parent / p.name) for p in
+                                              ct_series_site.parent.iterdir() if p.is_dir()}
+    assert len(set(site.groups())) == 8 and all(g.startswith("demo-") for g in site.groups())
+
+
+def test_csv_naming_a_missing_series(tmp_path, ct_series_site):
+    from crosssite.data.sites import read_site
+
+    bad = tmp_path / "bad.csv"
+    root = ct_series_site.parent
+    bad.write_text(f"path,label\n{root / 'covid-00'},COVID\n{root / 'gone-series'},NonCOVID\n")
+    with pytest.raises(DataError, match=r"bad\.csv:3: .*gone-series not found"):
+        read_site(bad, "hosp")
+
+
+def test_class_folders_of_volumes_group_slices_by_scan(tmp_path, metaimage_writer):
+    from crosssite.data.sites import read_site
+
+    hu = np.full((4, 16, 16), -1000, np.int16)
+    for cls in ("COVID", "NonCOVID"):
+        (tmp_path / cls).mkdir()
+        for k in range(2):
+            metaimage_writer(tmp_path / cls / f"v{k}.mha", hu)
+    site = read_site(tmp_path, "vols")
+    assert len(site) == 16 and len(set(site.groups())) == 4

@@ -10,6 +10,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from crosssite.data.transforms import resize_shorter, resize_square, train_resize
+from crosssite.data.volumes import LUNG_WINDOW, load_slice, parse_slice
 from crosssite.errors import DataError
 
 MIN_SIDE = 8
@@ -41,24 +42,35 @@ def load_grayscale(path: Path) -> np.ndarray:
     return arr
 
 
+def load_image(path, window=LUNG_WINDOW) -> np.ndarray:
+    """uint8 H x W of an image file, or of a CT slice (`SCAN#slice=I`, see volumes.py) through `window`."""
+    return load_slice(path, window) if parse_slice(path) else load_grayscale(Path(path))
+
+
 class DecodedCache:
     """Decodes each image once per run and keeps the resized uint8 array (train-size and eval-size variants).
 
     Only the resized uint8 arrays are kept (about 85 kB train / 50 kB eval per image at 224), never the
-    decoded originals, which can be 20x larger.
+    decoded originals, which can be 20x larger. CT slices go through `window` (width, level in HU); a scan
+    is decoded once for all its slices when they are read one after another (as preload does).
     """
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, window=LUNG_WINDOW):
         self.image_size = image_size
+        self.window = tuple(window)
         self._train: dict[str, np.ndarray] = {}
         self._eval: dict[str, np.ndarray] = {}
 
     def _decode(self, path, train: bool, eval: bool) -> None:
-        img = load_grayscale(Path(path))
+        img = self.original(path)
         if train:
             self._train[str(path)] = resize_shorter(img, train_resize(self.image_size))
         if eval:
             self._eval[str(path)] = resize_square(img, self.image_size)
+
+    def original(self, path) -> np.ndarray:
+        """The image (or windowed slice) at its own size, not cached."""
+        return load_image(path, self.window)
 
     def train_image(self, path) -> np.ndarray:
         """Shorter side resized to train_resize(image_size), aspect kept (ready for random_crop_flip)."""

@@ -2,6 +2,8 @@
 
 Readers only list and validate files; images are decoded later (see images.py), so
 opening a site of thousands of images is instant and a bad layout fails early.
+A CT scan (DICOM series, NIfTI or MetaImage volume, see volumes.py) enters a site as one sample
+per selected slice, all with the scan's label.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crosssite.data.volumes import find_scans, is_scan_path, scan_of, scan_slices
 from crosssite.errors import CrossSiteError, DataError
 
 COVID, NON_COVID = 1, 0
@@ -38,6 +41,11 @@ class Sample:
     label: int
     patient: str | None  # None where the site has no patient ids
 
+    @property
+    def scan(self) -> str | None:
+        """The scan this sample is a slice of (None for an image file)."""
+        return scan_of(self.path)
+
 
 @dataclass
 class Site:
@@ -50,10 +58,12 @@ class Site:
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
     def groups(self) -> np.ndarray | None:
-        """Patient ids for group-aware splits; an image without an id is its own group."""
-        if all(s.patient is None for s in self.samples):
+        """Patient ids for group-aware splits; without an id, a slice's group is its scan and an image is
+        its own group, so the slices of one scan never straddle parts."""
+        if all(s.patient is None and s.scan is None for s in self.samples):
             return None
-        return np.array([s.patient if s.patient is not None else f"image:{s.path}"
+        return np.array([s.patient if s.patient is not None else
+                         f"scan:{s.scan}" if s.scan is not None else f"image:{s.path}"
                          for s in self.samples], dtype=object)
 
     def __len__(self) -> int:
@@ -89,6 +99,24 @@ def _class_images(root: Path, folder: str, label: int) -> list[Path]:
         raise DataError(f"{root}: no {LABEL_NAMES[label]} images (expected folder {root / folder} "
                         f"with {exts} files)")
     return images
+
+
+def _scan_samples(scans: list[str], label: int, patient: str | None, slices: str) -> list[Sample]:
+    """One sample per selected slice; patient: the given id, else the scan's DICOM PatientID."""
+    samples = []
+    for scan in scans:
+        paths, scan_patient = scan_slices(scan, slices)
+        samples += [Sample(p, label, patient or scan_patient) for p in paths]
+    return samples
+
+
+def _class_samples(root: Path, folder: str, label: int, slices: str) -> list[Sample]:
+    """Image files and scans (series folders, volumes, DICOMDIRs) of one class folder of a generic site."""
+    found = _child_dir(root, folder)
+    if found is None or not (scans := find_scans(found)):
+        return [Sample(p, label, None) for p in _class_images(root, folder, label)]
+    images = [p for p in found.iterdir() if p.is_file() and is_image(p)]
+    return [Sample(p, label, None) for p in images] + _scan_samples(scans, label, None, slices)
 
 
 def _sorted_site(name: str, samples: list[Sample]) -> Site:
@@ -217,7 +245,7 @@ def read_covid_ct(root: Path, name: str = COVID_CT) -> Site:
     return site
 
 
-def _read_generic_csv(path: Path, name: str) -> Site:
+def _read_generic_csv(path: Path, name: str, slices: str) -> Site:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -239,27 +267,34 @@ def _read_generic_csv(path: Path, name: str) -> Site:
         if label is None:
             raise DataError(f"{path}:{line}: unknown label {label_text!r} (use COVID/NonCOVID or 1/0)")
         image = Path(rel) if Path(rel).is_absolute() else path.parent / rel
-        if not is_image(image):
-            raise DataError(f"{path}:{line}: {rel} is not an image file name ({' '.join(sorted(IMAGE_EXTENSIONS))})")
-        if not image.is_file():
+        patient = (row[2].strip() or None) if len(row) > 2 else None
+        if is_image(image) and not image.is_file():
             raise DataError(f"{path}:{line}: image {image} not found")
+        if not is_image(image) and not image.exists():
+            raise DataError(f"{path}:{line}: {image} not found")
+        if not is_image(image) and not is_scan_path(image):
+            raise DataError(f"{path}:{line}: {rel} is neither an image ({' '.join(sorted(IMAGE_EXTENSIONS))}) nor a "
+                            "CT scan (series folder, DICOMDIR, .dcm, .nii, .nii.gz, .mha, .mhd)")
         first_line, first_label = listed.setdefault(image.resolve(), (line, label))
         if first_line != line:  # a copy in train and one in test would leak
             labels = "" if first_label == label else f" with label {LABEL_NAMES[first_label]}, here {LABEL_NAMES[label]}"
             raise DataError(f"{path}:{line}: {rel} is already listed on line {first_line}{labels}; list each image once")
-        patient = (row[2].strip() or None) if len(row) > 2 else None
-        samples.append(Sample(image, label, patient))
+        if is_image(image):
+            samples.append(Sample(image, label, patient))
+        else:
+            samples += _scan_samples(find_scans(image), label, patient, slices)
     for label in (COVID, NON_COVID):
         if not any(s.label == label for s in samples):
             raise DataError(f"{path}: no {LABEL_NAMES[label]} images listed")
     return _sorted_site(name, samples)
 
 
-def read_generic(path: Path, name: str) -> Site:
-    """A folder with one subfolder per class, or a CSV `path,label[,patient_id]`."""
+def read_generic(path: Path, name: str, slices: str = "all") -> Site:
+    """A folder with one subfolder per class, or a CSV `path,label[,patient_id]`; rows and class folders
+    may name images or CT scans, of which `slices` (see volumes.parse_slices) are taken."""
     path = Path(path)
     if path.is_file():
-        return _read_generic_csv(path, name)
+        return _read_generic_csv(path, name, slices)
     _require_dir(path, "site folder")
     folders: dict[int, Path] = {}
     for sub in sorted(p for p in path.iterdir() if p.is_dir()):
@@ -273,7 +308,7 @@ def read_generic(path: Path, name: str) -> Site:
     samples = []
     for label, expected in ((COVID, "COVID"), (NON_COVID, "NonCOVID")):
         folder = folders.get(label, path / expected).name
-        samples += [Sample(p, label, None) for p in _class_images(path, folder, label)]
+        samples += _class_samples(path, folder, label, slices)
     return _sorted_site(name, samples)
 
 
@@ -290,8 +325,8 @@ def layout_of(path: Path) -> str | None:
     return None
 
 
-def read_site(path: Path, name: str) -> Site:
-    """Read a site by its layout: SARS-CoV-2 CT, COVID-CT, else a generic folder/CSV."""
+def read_site(path: Path, name: str, slices: str = "all") -> Site:
+    """Read a site by its layout: SARS-CoV-2 CT, COVID-CT, else a generic folder/CSV (`slices` of its scans)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: site path does not exist")
@@ -300,7 +335,7 @@ def read_site(path: Path, name: str) -> Site:
         return read_sars_cov_2_ct(path, name)
     if layout == COVID_CT:
         return read_covid_ct(path, name)
-    return read_generic(path, name)
+    return read_generic(path, name, slices)
 
 
 def discover_sites(data_dir: Path) -> dict[str, Site]:
@@ -327,14 +362,14 @@ def discover_sites(data_dir: Path) -> dict[str, Site]:
     return sites
 
 
-def load_sites(data_dir: Path | None, site_args: list[str]) -> dict[str, Site]:
-    """Sites from --data DIR plus repeatable --site NAME=PATH (which add or override)."""
+def load_sites(data_dir: Path | None, site_args: list[str], slices: str = "all") -> dict[str, Site]:
+    """Sites from --data DIR plus repeatable --site NAME=PATH (which add or override); `slices` of each CT scan."""
     sites = discover_sites(data_dir) if data_dir is not None else {}
     for arg in site_args:
         name, sep, path = arg.partition("=")
         if not sep or not name.strip() or not path.strip():
             raise CrossSiteError(f"--site {arg!r}: expected NAME=PATH, e.g. --site hospital-c=/data/hospital_c")
-        sites[name.strip()] = read_site(Path(path.strip()), name.strip())
+        sites[name.strip()] = read_site(Path(path.strip()), name.strip(), slices)
     if not sites:
         raise CrossSiteError("no data: give --data DIR and/or --site NAME=PATH")
     return sites
