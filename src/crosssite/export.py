@@ -309,7 +309,7 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
         write(model, to_tensor(images[:1]), tmp)
         _set_metadata(tmp, metadata)
         run, _ = load_export(tmp)
-        exported = np.concatenate([_p_covid(run(to_tensor(images[idx]).numpy())[0])
+        exported = np.concatenate([p_covid(run(to_tensor(images[idx]).numpy())[0])
                                    for idx in eval_batches(len(images), batch_size)])
         diff = float(np.abs(exported - reference).max())
         flips = int(((exported >= 0.5) != (reference >= 0.5)).sum())
@@ -327,7 +327,7 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
     return metadata
 
 
-def _p_covid(logits: np.ndarray) -> np.ndarray:
+def p_covid(logits: np.ndarray) -> np.ndarray:
     logits = logits.astype(np.float64)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted[:, 1] / shifted.sum(axis=1)
