@@ -176,7 +176,7 @@ def check_images(checkpoint: Path, site: str) -> tuple[list[Path], str]:
     return sorted(p for p in folder.rglob("*") if is_image(p)), f"the shipped sample ({folder})"
 
 
-def _write_onnx(model: ExportNetwork, example: torch.Tensor, path: Path) -> None:
+def write_onnx(model: ExportNetwork, example: torch.Tensor, path: Path) -> None:
     outputs = list(OUTPUTS if _tapped(model) else OUTPUTS[:1])
     with warnings.catch_warnings():  # the legacy exporter's deprecation note and the input check's trace note
         warnings.simplefilter("ignore")
@@ -302,7 +302,7 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
         "bn_statistics": statistics,
     }
     reference = predict_proba(method, images, index, batch_size)
-    write = _write_onnx if fmt == "onnx" else _write_torchscript
+    write = write_onnx if fmt == "onnx" else _write_torchscript
 
     def write_checked(tmp: Path) -> None:
         metadata["agreement"] = {"images": len(paths), "source": source, "tolerance": TOLERANCE}
