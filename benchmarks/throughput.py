@@ -23,6 +23,9 @@ corrected formula, see `_conv_backward_flop`), and the percentage is of the fp32
 in this run by a large torch.mm on the same number of threads. Peak RSS is
 the child's maximum resident memory (training steps, then inference).
 
+  onnxruntime  inference only: ours' folded network exported by crosssite.export (ONNX, as `crosssite
+         export` writes it) and run by onnxruntime's CPU provider on the same number of threads.
+
 The epoch row trains one real epoch with `crosssite.train.train` (../shared/data when present,
 else the shipped sample) and reports its wall time and the share spent making batches.
 """
@@ -134,6 +137,40 @@ def _ours(size: int, width: float):
     return train_step, make_predictor
 
 
+def _onnxruntime(size: int, width: float):
+    """ours' folded network of site 0 as `crosssite export` writes it, run by onnxruntime (no training step)."""
+    import warnings
+
+    import onnxruntime
+    import torch
+
+    from crosssite.config import TrainConfig
+    from crosssite.export import write_onnx, export_network
+    from crosssite.methods import create_method
+
+    torch.manual_seed(0)
+    method = create_method("contrastive", 2, TrainConfig(image_size=size, width=width))
+    method.eval()
+
+    def make_predictor():
+        path = Path(tempfile.mkdtemp()) / "net.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            write_onnx(export_network(method, 0)[0], torch.zeros(1, 3, size, size), path)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def predict(x):
+            return session.run(None, {"image": x.numpy()})  # all outputs, as `predict --backend onnxruntime`
+        return predict
+
+    return None, make_predictor
+
+
+IMPLS = {"plain": _plain, "ours": _ours, "onnxruntime": _onnxruntime}
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
@@ -170,24 +207,26 @@ def _flop_counter():
     return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
 
 
-def worker_steps(impl: str, size: int, width: float, warmup: int, steps: int) -> dict:
+def worker_steps(impl: str, size: int, width: float, warmup: int, steps: int, infer_only: bool) -> dict:
     import torch
 
-    train_step, make_predictor = (_plain if impl == "plain" else _ours)(size, width)
+    train_step, make_predictor = IMPLS[impl](size, width)
     minibatches = _images(size, 0)
-    first_loss = train_step(minibatches)  # from the same initial weights on both sides: the same loss
-    train_times = _timed(train_step, minibatches, warmup, steps)
-    train_rss = _peak_rss_mb()
-    with _flop_counter() as counter:
-        train_step(minibatches)
-    train_flop = counter.get_total_flops()
+    first_loss, train_times, train_rss, train_flop = None, [], None, None
+    if train_step is not None and not infer_only:
+        first_loss = train_step(minibatches)  # from the same initial weights on both sides: the same loss
+        train_times = _timed(train_step, minibatches, warmup, steps)
+        train_rss = _peak_rss_mb()
+        with _flop_counter() as counter:
+            train_step(minibatches)
+        train_flop = counter.get_total_flops()
 
     started = time.perf_counter()
     infer = make_predictor()
     prepare_s = time.perf_counter() - started
     x = torch.cat([x for x, _ in minibatches])
     infer_times = _timed(infer, x, warmup, steps)
-    with _flop_counter() as counter:
+    with _flop_counter() as counter:  # onnxruntime's work is invisible to torch: its rate uses ours' count
         infer(x)
     return {"train_s": train_times, "infer_s": infer_times, "train_flop": train_flop,
             "infer_flop": counter.get_total_flops(), "infer_prepare_s": prepare_s, "first_loss": first_loss,
@@ -251,20 +290,22 @@ def _run_child(impl: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _row(impl: str, size: int, runs: list[dict], peak: float) -> dict:
-    train_s = statistics.median(t for r in runs for t in r["train_s"])
+def _row(impl: str, size: int, runs: list[dict], peak: float, infer_flop: float) -> dict:
+    """`infer_flop`: one inference batch's FLOPs (counted in torch; the same network on every side)."""
+    trained = bool(runs[0]["train_s"])
+    train_s = statistics.median(t for r in runs for t in r["train_s"]) if trained else None
     infer_s = statistics.median(t for r in runs for t in r["infer_s"])
     images = 2 * BATCH_PER_SITE
-    train_gflop_s = runs[0]["train_flop"] / train_s / 1e9
-    infer_gflop_s = runs[0]["infer_flop"] / infer_s / 1e9
+    train_gflop_s = runs[0]["train_flop"] / train_s / 1e9 if trained else None
+    infer_gflop_s = infer_flop / infer_s / 1e9
     return {
         "impl": impl, "image_size": size, "batch": images, "threads": runs[0]["threads"],
-        "train_img_s": images / train_s, "infer_img_s": images / infer_s,
-        "gflop_s": train_gflop_s, "pct_of_matmul_peak": 100 * train_gflop_s / peak,
+        "train_img_s": images / train_s if trained else None, "infer_img_s": images / infer_s,
+        "gflop_s": train_gflop_s, "pct_of_matmul_peak": 100 * train_gflop_s / peak if trained else None,
         "infer_gflop_s": infer_gflop_s, "infer_pct_of_matmul_peak": 100 * infer_gflop_s / peak,
-        "train_step_gflop": runs[0]["train_flop"] / 1e9, "infer_batch_gflop": runs[0]["infer_flop"] / 1e9,
+        "train_step_gflop": runs[0]["train_flop"] / 1e9 if trained else None, "infer_batch_gflop": infer_flop / 1e9,
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "train_peak_rss_mb": max(r["train_peak_rss_mb"] for r in runs),
+        "train_peak_rss_mb": max(r["train_peak_rss_mb"] or 0 for r in runs) if trained else None,
         "infer_prepare_s": statistics.median(r["infer_prepare_s"] for r in runs),
         "first_loss": runs[0]["first_loss"], "matmul_peak_gflop_s": peak,
         "timed_steps": sum(len(r["train_s"]) for r in runs),
@@ -282,14 +323,20 @@ def _table(rows: list[dict], peak: float, width: float) -> str:
     ]
     for size in dict.fromkeys(r["image_size"] for r in rows):
         by = {r["impl"]: r for r in rows if r["image_size"] == size}
-        for impl in ("plain", "ours"):
-            r = by[impl]
-            lines.append(f"{size:>4}  {impl:<11}{r['train_img_s']:>12.2f}{r['gflop_s']:>9.1f}"
-                         f"{r['pct_of_matmul_peak']:>7.1f}%{r['infer_img_s']:>13.2f}{r['infer_gflop_s']:>9.1f}"
-                         f"{r['infer_pct_of_matmul_peak']:>7.1f}%{r['peak_rss_mb']:>13.0f}{r['first_loss']:>13.5f}")
-        ratio = {k: by["ours"][k] / by["plain"][k] for k in ("train_img_s", "infer_img_s", "peak_rss_mb")}
-        lines.append(f"{size:>4}  {'ours/plain':<11}{ratio['train_img_s']:>11.2f}x{'':>17}"
-                     f"{ratio['infer_img_s']:>12.2f}x{'':>17}{ratio['peak_rss_mb']:>12.2f}x")
+        for impl, r in by.items():
+            if r["train_img_s"] is None:
+                train = f"{'-':>12}{'-':>9}{'-':>8}"
+            else:
+                train = f"{r['train_img_s']:>12.2f}{r['gflop_s']:>9.1f}{r['pct_of_matmul_peak']:>7.1f}%"
+            loss = "-" if r["first_loss"] is None else f"{r['first_loss']:.5f}"
+            lines.append(f"{size:>4}  {impl:<11}{train}{r['infer_img_s']:>13.2f}{r['infer_gflop_s']:>9.1f}"
+                         f"{r['infer_pct_of_matmul_peak']:>7.1f}%{r['peak_rss_mb']:>13.0f}{loss:>13}")
+        for impl in [i for i in by if i != "plain"]:
+            ratio = {k: by[impl][k] / by["plain"][k] if by[impl][k] and by["plain"][k] else None
+                     for k in ("train_img_s", "infer_img_s", "peak_rss_mb")}
+            train = f"{'-':>12}" if ratio["train_img_s"] is None else f"{ratio['train_img_s']:>11.2f}x"
+            lines.append(f"{size:>4}  {impl + '/plain':<11}{train}{'':>17}"
+                         f"{ratio['infer_img_s']:>12.2f}x{'':>17}{ratio['peak_rss_mb']:>12.2f}x")
     return "\n".join(lines)
 
 
@@ -305,13 +352,16 @@ def main() -> None:
                         help="data folder for the epoch measurement (default: ../shared/data, else the sample)")
     parser.add_argument("--epoch-size", type=int, default=112, help="image size of the epoch measurement")
     parser.add_argument("--no-epoch", action="store_true", help="skip the epoch measurement")
+    parser.add_argument("--infer-only", action="store_true", help="measure inference only (no training steps)")
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="add an onnxruntime inference row (needs the [onnx] extra)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:  # a child process: measure one thing and print it as JSON
         kind, *rest = args.worker
         if kind == "steps":
-            result = worker_steps(rest[0], int(rest[1]), args.width, args.warmup, args.steps)
+            result = worker_steps(rest[0], int(rest[1]), args.width, args.warmup, args.steps, args.infer_only)
         elif kind == "matmul":
             result = worker_matmul()
         else:
@@ -323,24 +373,27 @@ def main() -> None:
     bad = [s for s in sizes if s < 32 or s % 16]
     if bad:
         parser.error(f"--sizes: crosssite trains at multiples of 16 px (at least 32), got {bad}")
-    common = ["--width", str(args.width), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    common = ["--width", str(args.width), "--steps", str(args.steps), "--warmup", str(args.warmup),
+              *(["--infer-only"] if args.infer_only else [])]
+    impls = ["plain", "ours", *(["onnxruntime"] if args.onnxruntime else [])]
     peaks = [_run_child("plain", "matmul")["gflop_s"]]
     rows = []
     for size in sizes:
-        runs = {"plain": [], "ours": []}
+        runs = {impl: [] for impl in impls}
         for round_ in range(args.rounds):
-            order = ("plain", "ours") if round_ % 2 == 0 else ("ours", "plain")
+            order = impls if round_ % 2 == 0 else impls[::-1]
             for impl in order:
                 print(f"... {size} px {impl} (round {round_ + 1}/{args.rounds})", file=sys.stderr, flush=True)
                 runs[impl].append(_run_child(impl, "steps", impl, str(size), *common))
         peaks.append(_run_child("plain", "matmul")["gflop_s"])
         rows += [(impl, size, r) for impl, r in runs.items()]
     peak = max(peaks)  # the best of repeated measurements is the closest to the machine's peak
-    rows = [_row(impl, size, r, peak) for impl, size, r in rows]
+    flops = {size: r[0]["infer_flop"] for impl, size, r in rows if impl == "ours"}
+    rows = [_row(impl, size, r, peak, flops[size]) for impl, size, r in rows]
     print(_table(rows, peak, args.width))
 
     epoch = None
-    if not args.no_epoch:
+    if not args.no_epoch and not args.infer_only:
         print(f"... one epoch at {args.epoch_size} px on {args.epoch_data}", file=sys.stderr, flush=True)
         epoch = _run_child("ours", "epoch", args.epoch_data, str(args.epoch_size), "--width", str(args.width))
         epoch["impl"] = "ours-epoch"

@@ -62,3 +62,17 @@ def ct_series_site(tmp_path_factory) -> Path:
     from make_dicom_demo import write_demo_series
 
     return write_demo_series(tmp_path_factory.mktemp("hospital"), series_per_class=4, slices=6, size=64)
+
+
+TINY_TRAIN_FLAGS = ["--image-size", "32", "--width", "0.125", "--batch-per-site", "8", "--lr", "1e-3", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished contrastive run folder on the shipped sample at toy settings (2 epochs, 32 px)."""
+    from crosssite.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    assert main(["train", "--method", "contrastive", "--data", str(SAMPLE_DATA), "--epochs", "2",
+                 *TINY_TRAIN_FLAGS, "--out", str(out)]) == 0
+    return out

@@ -1,4 +1,4 @@
-"""The `crosssite` command line: train, evaluate, predict, demo, sweep, report, gradcam."""
+"""The `crosssite` command line: train, evaluate, predict, export, card, demo, sweep, report, gradcam."""
 
 from __future__ import annotations
 
@@ -232,7 +232,8 @@ def cmd_predict(args) -> None:
     from .predict import predict_images
 
     rows = predict_images(Path(args.checkpoint), args.site, [Path(p) for p in args.images], args.batch_size,
-                          compile=args.compile, device=args.device, how=args.aggregate, top_k=args.top_k)
+                          compile=args.compile, device=args.device, how=args.aggregate, top_k=args.top_k,
+                          backend=args.backend)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -244,6 +245,23 @@ def cmd_predict(args) -> None:
                 print(f"{s['path']}\tP(COVID)={s['p_covid']:.4f}\t{s['label']}")
             scan_note = f"\tscan: {r['aggregate']} of {len(r['slices'])}" if "slices" in r else ""
             print(f"{r['path']}\tP(COVID)={r['p_covid']:.4f}\t{r['label']}{scan_note}")
+
+
+def cmd_export(args) -> None:
+    from .export import export_checkpoint
+
+    metadata = export_checkpoint(Path(args.checkpoint), args.site, args.format, Path(args.out), args.batch_size)
+    agreement = metadata["agreement"]
+    print(f"{args.out}: {args.format} export of site {args.site}, {metadata['input']['image_size']} px; agrees with "
+          f"PyTorch on {agreement['images']} images ({agreement['source']}): max |P(COVID) difference| "
+          f"{agreement['max_abs_diff']:.1e} (tolerance {agreement['tolerance']:.0e}), no label changed")
+
+
+def cmd_card(args) -> None:
+    from .card import write_card
+
+    for path in write_card(Path(args.run)):
+        print(f"wrote {path}")
 
 
 def cmd_audit(args) -> None:
@@ -342,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="P(COVID) for new images or CT scans (series folders, volumes) of a known site")
-    predict.add_argument("checkpoint")
+    predict.add_argument("checkpoint", help="a checkpoint (torch backend), or an ONNX export or a folder of them "
+                                            "(onnxruntime backend)")
     predict.add_argument("--site", required=True,
                          help="which site's batch norms to use, or 'auto': the site whose statistics are closest")
     predict.add_argument("images", nargs="+", metavar="IMG_OR_SCAN")
@@ -351,7 +370,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     predict.add_argument("--device", default="auto", help=DEVICE_HELP)
+    predict.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                         help="torch (a checkpoint) or onnxruntime (exports of `crosssite export`; extra [onnx])")
     predict.set_defaults(func=cmd_predict)
+
+    from .export import FORMATS as EXPORT_FORMATS
+
+    export = sub.add_parser("export", help="one site's network as an ONNX or TorchScript file, checked against PyTorch")
+    export.add_argument("checkpoint")
+    export.add_argument("--site", required=True, help="the site whose batch norms are folded into the file")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
+    export.add_argument("--out", required=True, help="file to write, e.g. covid-ct.onnx")
+    export.add_argument("--batch-size", type=int, default=64, help="batch size of the agreement check")
+    export.set_defaults(func=cmd_export)
+
+    card = sub.add_parser("card", help="MODEL_CARD.md and metadata.json for a run folder")
+    card.add_argument("run", help="a run folder (train --out, or the demo's runs/demo)")
+    card.set_defaults(func=cmd_card)
 
     from .presets import PRESETS
     from .sweep import ROW_GROUPS, ROWS

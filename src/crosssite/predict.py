@@ -43,7 +43,7 @@ def site_index(site_names: list[str], site: str, checkpoint: Path) -> int:
     return site_names.index(site)
 
 
-def _symmetric_kl(m: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+def symmetric_kl(m: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     d2 = (m - mu) ** 2
     return ((v + d2) / var + (var + d2) / v) / 2 - 1
 
@@ -84,7 +84,7 @@ def bn_distances(method, images: np.ndarray, batch_size: int = 64) -> list[float
             bn = layer.bns[site]
             mean = s / n
             var = (q / n - mean ** 2).clamp_min(0) + bn.eps
-            per_layer.append(_symmetric_kl(mean, var, bn.running_mean.double(),
+            per_layer.append(symmetric_kl(mean, var, bn.running_mean.double(),
                                            bn.running_var.double() + bn.eps).mean())
         distances.append(float(torch.stack(per_layer).mean()))
     return distances
@@ -106,7 +106,8 @@ def expand_inputs(paths: list[Path], slices: str = "all") -> list[tuple[str | No
 
 
 def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = 64,
-                   compile: bool = False, device: str = "auto", how: str = "topk", top_k: int = TOP_K) -> list[dict]:
+                   compile: bool = False, device: str = "auto", how: str = "topk", top_k: int = TOP_K,
+                   backend: str = "torch") -> list[dict]:
     """One dict per image or scan: path, P(COVID) and predicted label (P(COVID) >= 0.5).
 
     A scan (series folder, volume, each series of a DICOMDIR) is predicted slice by slice (the checkpoint's
@@ -114,7 +115,14 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
     and `slices` holds one row per slice.
     `device`: where the network runs (see crosssite.distributed.device; "auto" = a GPU when there is one).
     With site "auto" every row also carries the chosen `site` and `bn_distance`, each known site's distance.
+    `backend` "onnxruntime": `checkpoint` is an ONNX export or a folder of them (crosssite.onnx_inference).
     """
+    if backend == "onnxruntime":
+        from .onnx_inference import predict_with_exports
+
+        return predict_with_exports(checkpoint, site, images, batch_size)
+    if Path(checkpoint).suffix == ".onnx" or Path(checkpoint).is_dir():
+        raise CrossSiteError(f"{checkpoint}: not a checkpoint; run ONNX exports with --backend onnxruntime")
     payload = load_checkpoint(checkpoint)
     method, config, site_names = method_from_checkpoint(payload, checkpoint)
     method.to(resolve_device(device))
