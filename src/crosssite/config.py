@@ -17,6 +17,10 @@ from .errors import CrossSiteError
 from .io import atomic_write_text
 
 
+#: settings of how a run executes, not of what it computes: `--resume` may change them
+EXECUTION_SETTINGS = ("cuda_graphs", "save_every")
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (defaults: Wang, Liu & Dou 2020 and its reference code)."""
@@ -44,6 +48,9 @@ class TrainConfig:
     group_duplicates: float | None = None  # fold split: keep near-duplicates (correlation >= this) in one part
     eval_batch_size: int = 64
     out: str = "runs/default"
+    precision: str = "fp32"  # "bf16": autocast on a CUDA GPU
+    cuda_graphs: bool = True  # on a CUDA GPU, replay each training step as one CUDA graph (crosssite.capture)
+    save_every: int = 1  # write last.pt (the resume state) every this many epochs, and after the last
 
     def validate(self) -> None:
         """Reject settings that would fail later, deep inside training."""
@@ -71,6 +78,10 @@ class TrainConfig:
         if self.group_duplicates is not None and (self.split != "fold" or not 0 < self.group_duplicates <= 1):
             problems.append(f"group_duplicates must be a correlation in (0, 1] and needs split 'fold', "
                             f"got {self.group_duplicates} with split {self.split!r}")
+        if self.precision not in ("fp32", "bf16"):
+            problems.append(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.save_every < 1:
+            problems.append(f"save_every must be at least 1, got {self.save_every}")
         if problems:
             raise CrossSiteError("invalid settings: " + "; ".join(problems))
 

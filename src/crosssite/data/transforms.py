@@ -60,7 +60,13 @@ def to_tensor(batch: np.ndarray) -> torch.Tensor:
     """(B, s, s) uint8 -> (B, 3, s, s) float32 in ImageNet-normalised units."""
     if batch.ndim != 3 or batch.dtype != np.uint8:
         raise ValueError(f"expected a (B, H, W) uint8 batch, got {batch.dtype} of shape {batch.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(torch.float32).div_(255.0).unsqueeze(1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return normalize(torch.from_numpy(np.ascontiguousarray(batch)))
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """(B, s, s) uint8 tensor -> (B, 3, s, s) float32 in ImageNet-normalised units, on x's device
+    (training sends the uint8 crops to the GPU, a quarter of the float traffic, and normalises there)."""
+    x = x.to(torch.float32).div_(255.0).unsqueeze(1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
