@@ -33,7 +33,8 @@ class SiteSpecific(nn.Module):
     """Base of layers holding one copy of their weights per site; forward uses the active site's.
 
     Subclasses put the copies in an ``nn.ModuleList`` returned by :meth:`site_copies`
-    and call :meth:`active` in ``forward``; :func:`use_site` selects the site.
+    and call :meth:`run_copies` in ``forward``; :func:`use_site` selects the site,
+    :func:`use_sites` a batch of several sites' rows.
     """
 
     active_site: int | None = None
