@@ -19,7 +19,8 @@ its 1/N share of every site's batch, so the global batch stays `batch_per_site` 
 - only rank 0 writes files (`crosssite.io` skips writes elsewhere; all ranks compute the same results).
 
 So N processes train what one process trains with the same global batch, up to float rounding
-(tests/test_distributed.py). Outside torchrun `make_update` only sets the memory layout.
+(tests/test_distributed.py). Outside torchrun `make_update` only sets the layers and memory layout, and on
+a CUDA GPU replays the step as a CUDA graph (crosssite.capture).
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ def _seed_everything(seed: int) -> None:
 
 def _check_same_settings(config: TrainConfig, saved_file: Path) -> None:
     saved = load_config(saved_file).to_dict()
-    changed = [k for k, v in config.to_dict().items() if saved.get(k, v) != v and k not in EXECUTION_SETTINGS]
+    changed = [k for k, v in config.to_dict().items() if saved.get(k) != v and k not in EXECUTION_SETTINGS]
     if changed:
         raise CrossSiteError(f"{saved_file}: --resume with different settings ({', '.join(changed)})")
 
