@@ -2,29 +2,34 @@
 
     python benchmarks/throughput.py                       # 224, 112 and 64 px, then one real epoch
     python benchmarks/throughput.py --sizes 64,112 --json rows.jsonl --no-epoch
+    python benchmarks/throughput.py --device cuda --sizes 224,112 --no-epoch   # plain, ours-eager, ours
 
 Both sides train the paper's setting: the redesigned COVID-Net with site-specific batch norm, one
 forward per site, batch 32 (16 + 16), cross-entropy + supervised NT-Xent, Adam, gradient clipping;
 both build the network with crosssite's model and loss code, so they differ only in how they run:
 
-  plain  eager fp32, NCHW, torch's own layers (crosssite.models.layers.as_torch_layers), torch.optim.Adam
-         as it comes, the process as Python starts it (glibc's default malloc settings);
+  plain  eager fp32, NCHW, torch's own layers (crosssite.models.layers.as_torch_layers), one forward
+         per site, torch.optim.Adam as it comes, float batches moved to the device in the step, the
+         loss read back every step, the process as Python starts it (glibc's default malloc settings);
          inference runs the training network in eval mode.
   ours   what crosssite itself runs: the method's update through crosssite.distributed.make_update
-         (channels_last, crosssite's layers, fused Adam), inference through crosssite.inference (batch
-         norm folded, channels_last), in a process with the malloc tunables that `crosssite` sets for
-         itself (crosssite.runtime).
+         (one pass for all sites, fused Adam, uint8 crops normalised on the device; on a CPU
+         channels_last and crosssite's layers, on a GPU torch's layers and the step replayed as a CUDA
+         graph), inference through crosssite.inference (batch norm folded), in a process with the
+         malloc tunables that `crosssite` sets for itself (crosssite.runtime).
+  ours-eager  (--device cuda only) ours without the CUDA graph (--no-cuda-graphs).
+
+`ops_per_step` is the number of ATen operations one training step dispatches (crosssite.opcount),
+after warm-up: what bounds a GPU step at this batch size (issue 11). A replayed CUDA graph dispatches
+only its input copies and the replay.
 
 Every measurement runs in a fresh child process (the malloc tunables must be set before Python
 starts); the two sides alternate, plain-ours then ours-plain, and each reports the median over
-all its timed steps after warm-up. FLOPs are counted with torch.utils.flop_counter (convolutions and
+all its timed steps after warm-up (on a GPU: the mean of a synchronised run of them). FLOPs are counted with torch.utils.flop_counter (convolutions and
 matrix products; a training step counts forward and backward; the convolutions' backward with a
 corrected formula, see `_conv_backward_flop`), and the percentage is of the fp32 matmul rate measured
 in this run by a large torch.mm on the same number of threads. Peak RSS is
 the child's maximum resident memory (training steps, then inference).
-
-  onnxruntime  inference only: ours' folded network exported by crosssite.export (ONNX, as `crosssite
-         export` writes it) and run by onnxruntime's CPU provider on the same number of threads.
 
 The epoch row trains one real epoch with `crosssite.train.train` (../shared/data when present,
 else the shipped sample) and reports its wall time and the share spent making batches.
@@ -52,19 +57,28 @@ MATMUL_SIZE = 6144  # large enough for MKL's sgemm to reach its top rate (2048 g
 # ---------------------------------------------------------------- child processes
 
 
-def _images(size: int, step: int):
-    """One step's minibatches: 16 uint8 images per site made into tensors, labels of both classes."""
+def _images(size: int, step: int, uint8: bool):
+    """One step's minibatches on the host: 16 uint8 crops per site (as crosssite.train makes them) or
+    those crops normalised to float (what a plain loop hands its network), labels of both classes."""
     import numpy as np
     import torch
 
     from crosssite.data.transforms import to_tensor
 
     rng = np.random.default_rng(step)
-    return [(to_tensor(rng.integers(0, 256, (BATCH_PER_SITE, size, size), dtype=np.uint8)),
-             torch.tensor([0, 1] * (BATCH_PER_SITE // 2))) for _ in range(2)]
+    crops = [rng.integers(0, 256, (BATCH_PER_SITE, size, size), dtype=np.uint8) for _ in range(2)]
+    labels = torch.tensor([0, 1] * (BATCH_PER_SITE // 2))
+    return [(torch.from_numpy(c) if uint8 else to_tensor(c), labels) for c in crops]
 
 
-def _plain(size: int, width: float):
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _plain(size: int, width: float, device: str):
     """The straightforward loop: (train step, inference batch) on the same network and loss."""
     import torch
     import torch.nn.functional as F
@@ -77,7 +91,7 @@ def _plain(size: int, width: float):
     c = TrainConfig(image_size=size, width=width)
     torch.manual_seed(0)
     net = create_model("covidnet-redesign", width=width, image_size=size, projection=True)
-    net = convert_to_site_bn(as_torch_layers(net), 2)  # nn.Conv2d, nn.ReLU, nn.MaxPool2d: no crosssite layers
+    net = convert_to_site_bn(as_torch_layers(net), 2).to(device)  # nn.Conv2d, nn.ReLU, nn.MaxPool2d
     opt = torch.optim.Adam(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
     def train_step(minibatches):
@@ -85,10 +99,10 @@ def _plain(size: int, width: float):
         logits, projections = [], []
         for site, (x, _) in enumerate(minibatches):
             with use_site(net, site):
-                emb = net.features(x)
+                emb = net.features(x.to(device))
                 logits.append(net.classify(emb))
                 projections.append(net.project(emb))
-        y = torch.cat([y for _, y in minibatches])
+        y = torch.cat([y for _, y in minibatches]).to(device)
         ce = F.cross_entropy(torch.cat(logits), y)
         loss = ce + c.alpha * supervised_nt_xent(torch.cat(projections), y, c.temperature)
         opt.zero_grad(set_to_none=True)
@@ -103,13 +117,13 @@ def _plain(size: int, width: float):
         @torch.no_grad()
         def predict(x):
             with use_site(net, 0):
-                return net(x)
+                return net(x.to(device))
         return predict
 
-    return train_step, make_predictor
+    return train_step, make_predictor, False
 
 
-def _ours(size: int, width: float):
+def _ours(size: int, width: float, device: str, cuda_graphs: bool = True):
     """crosssite's own paths: the method's update as the trainer runs it, the predictor of predict_proba."""
     import torch
 
@@ -119,12 +133,12 @@ def _ours(size: int, width: float):
     from crosssite.methods import create_method
 
     torch.manual_seed(0)
-    method = create_method("contrastive", 2, TrainConfig(image_size=size, width=width))
-    update = make_update(method)
+    method = create_method("contrastive", 2, TrainConfig(image_size=size, width=width, cuda_graphs=cuda_graphs))
+    update = make_update(method, device)
 
     def train_step(minibatches):
         method.train()
-        return update(minibatches)["loss"]
+        return update(minibatches)["loss"]  # a tensor on the device: nothing waits for it
 
     def make_predictor():
         net = inference_network(method, 0)  # what predict_proba builds once per call
@@ -134,50 +148,23 @@ def _ours(size: int, width: float):
             return net(x)
         return predict
 
-    return train_step, make_predictor
-
-
-def _onnxruntime(size: int, width: float):
-    """ours' folded network of site 0 as `crosssite export` writes it, run by onnxruntime (no training step)."""
-    import warnings
-
-    import onnxruntime
-    import torch
-
-    from crosssite.config import TrainConfig
-    from crosssite.export import write_onnx, export_network
-    from crosssite.methods import create_method
-
-    torch.manual_seed(0)
-    method = create_method("contrastive", 2, TrainConfig(image_size=size, width=width))
-    method.eval()
-
-    def make_predictor():
-        path = Path(tempfile.mkdtemp()) / "net.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            write_onnx(export_network(method, 0)[0], torch.zeros(1, 3, size, size), path)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-        def predict(x):
-            return session.run(None, {"image": x.numpy()})  # all outputs, as `predict --backend onnxruntime`
-        return predict
-
-    return None, make_predictor
-
-
-IMPLS = {"plain": _plain, "ours": _ours, "onnxruntime": _onnxruntime}
+    return train_step, make_predictor, True
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def _timed(fn, arg, warmup: int, steps: int) -> list[float]:
+def _timed(fn, arg, warmup: int, steps: int, device: str = "cpu") -> list[float]:
     for _ in range(warmup):
         fn(arg)
+    if device == "cuda":  # the GPU runs behind the host: time a synchronised run of all steps
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            fn(arg)
+        _sync(device)
+        return [(time.perf_counter() - started) / steps] * steps
     times = []
     for _ in range(steps):
         started = time.perf_counter()
@@ -207,41 +194,46 @@ def _flop_counter():
     return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
 
 
-def worker_steps(impl: str, size: int, width: float, warmup: int, steps: int, infer_only: bool) -> dict:
+def worker_steps(impl: str, size: int, width: float, warmup: int, steps: int, device: str = "cpu") -> dict:
     import torch
 
-    train_step, make_predictor = IMPLS[impl](size, width)
-    minibatches = _images(size, 0)
-    first_loss, train_times, train_rss, train_flop = None, [], None, None
-    if train_step is not None and not infer_only:
-        first_loss = train_step(minibatches)  # from the same initial weights on both sides: the same loss
-        train_times = _timed(train_step, minibatches, warmup, steps)
-        train_rss = _peak_rss_mb()
-        with _flop_counter() as counter:
-            train_step(minibatches)
-        train_flop = counter.get_total_flops()
+    from crosssite.opcount import count_ops
+
+    if impl == "plain":
+        train_step, make_predictor, uint8 = _plain(size, width, device)
+    else:
+        train_step, make_predictor, uint8 = _ours(size, width, device, cuda_graphs=impl == "ours")
+    minibatches = _images(size, 0, uint8)
+    first_loss = float(train_step(minibatches))  # from the same initial weights everywhere: the same loss
+    train_times = _timed(train_step, minibatches, warmup, steps, device)
+    train_rss = _peak_rss_mb()
+    ops_per_step = count_ops(lambda: train_step(minibatches)).total
+    with _flop_counter() as counter:
+        train_step(minibatches)
+    train_flop = counter.get_total_flops()  # 0 for a replayed CUDA graph: the parent takes plain's
 
     started = time.perf_counter()
     infer = make_predictor()
     prepare_s = time.perf_counter() - started
-    x = torch.cat([x for x, _ in minibatches])
-    infer_times = _timed(infer, x, warmup, steps)
-    with _flop_counter() as counter:  # onnxruntime's work is invisible to torch: its rate uses ours' count
+    x = torch.cat([x for x, _ in _images(size, 0, uint8=False)]).to(device)
+    infer_times = _timed(infer, x, warmup, steps, device)
+    with _flop_counter() as counter:
         infer(x)
     return {"train_s": train_times, "infer_s": infer_times, "train_flop": train_flop,
             "infer_flop": counter.get_total_flops(), "infer_prepare_s": prepare_s, "first_loss": first_loss,
-            "train_peak_rss_mb": train_rss, "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads()}
+            "train_peak_rss_mb": train_rss, "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads(),
+            "ops_per_step": ops_per_step, "device": device}
 
 
-def worker_matmul(reps: int = 5) -> dict:
+def worker_matmul(reps: int = 5, device: str = "cpu") -> dict:
     import torch
 
-    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
-    times = _timed(lambda _: torch.mm(a, b), None, 2, reps)
+    a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device) for _ in range(2))
+    times = _timed(lambda _: torch.mm(a, b), None, 2, reps, device)
     return {"gflop_s": 2 * MATMUL_SIZE ** 3 / statistics.median(times) / 1e9, "threads": torch.get_num_threads()}
 
 
-def worker_epoch(data: str, size: int, width: float) -> dict:
+def worker_epoch(data: str, size: int, width: float, device: str = "cpu") -> dict:
     """One real epoch with crosssite's trainer, timing its data functions from outside."""
     from crosssite import train as train_module
     from crosssite.config import TrainConfig
@@ -263,7 +255,7 @@ def worker_epoch(data: str, size: int, width: float) -> dict:
         timed(name)
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(method="contrastive", data=data, epochs=1, image_size=size, width=width, out=out)
-        train_module.train(config, progress=False)
+        train_module.train(config, progress=False, device=device)
         epoch = read_jsonl(Path(out) / "train_log.jsonl")[0]
     batch_s = sum(seconds["_train_batch"])
     return {"data": data, "image_size": size, "width": width, "decode_s": sum(seconds["prepare_data"]),
@@ -279,7 +271,7 @@ def _child_env(impl: str) -> dict:
 
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", MARKER)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
-    return (tuned_environment(env) or env) if impl == "ours" else env  # or env: the user opted out
+    return (tuned_environment(env) or env) if impl.startswith("ours") else env  # or env: the user opted out
 
 
 def _run_child(impl: str, *args: str) -> dict:
@@ -290,52 +282,49 @@ def _run_child(impl: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _row(impl: str, size: int, runs: list[dict], peak: float, infer_flop: float) -> dict:
-    """`infer_flop`: one inference batch's FLOPs (counted in torch; the same network on every side)."""
-    trained = bool(runs[0]["train_s"])
-    train_s = statistics.median(t for r in runs for t in r["train_s"]) if trained else None
+def _row(impl: str, size: int, runs: list[dict], peak: float, plain: list[dict]) -> dict:
+    """One row; FLOPs per step are plain's (the same network and math; a replayed graph counts none)."""
+    train_s = statistics.median(t for r in runs for t in r["train_s"])
     infer_s = statistics.median(t for r in runs for t in r["infer_s"])
     images = 2 * BATCH_PER_SITE
-    train_gflop_s = runs[0]["train_flop"] / train_s / 1e9 if trained else None
-    infer_gflop_s = infer_flop / infer_s / 1e9
+    train_flop = plain[0]["train_flop"]
+    train_gflop_s = train_flop / train_s / 1e9
+    infer_gflop_s = runs[0]["infer_flop"] / infer_s / 1e9
     return {
         "impl": impl, "image_size": size, "batch": images, "threads": runs[0]["threads"],
-        "train_img_s": images / train_s if trained else None, "infer_img_s": images / infer_s,
-        "gflop_s": train_gflop_s, "pct_of_matmul_peak": 100 * train_gflop_s / peak if trained else None,
+        "train_img_s": images / train_s, "infer_img_s": images / infer_s,
+        "gflop_s": train_gflop_s, "pct_of_matmul_peak": 100 * train_gflop_s / peak,
         "infer_gflop_s": infer_gflop_s, "infer_pct_of_matmul_peak": 100 * infer_gflop_s / peak,
-        "train_step_gflop": runs[0]["train_flop"] / 1e9 if trained else None, "infer_batch_gflop": infer_flop / 1e9,
+        "train_step_gflop": train_flop / 1e9, "ops_per_step": runs[0]["ops_per_step"], "device": runs[0]["device"], "infer_batch_gflop": runs[0]["infer_flop"] / 1e9,
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "train_peak_rss_mb": max(r["train_peak_rss_mb"] or 0 for r in runs) if trained else None,
+        "train_peak_rss_mb": max(r["train_peak_rss_mb"] for r in runs),
         "infer_prepare_s": statistics.median(r["infer_prepare_s"] for r in runs),
         "first_loss": runs[0]["first_loss"], "matmul_peak_gflop_s": peak,
         "timed_steps": sum(len(r["train_s"]) for r in runs),
     }
 
 
-def _table(rows: list[dict], peak: float, width: float) -> str:
-    threads = rows[0]["threads"]
+def _table(rows: list[dict], peak: float, width: float, impls: tuple[str, ...]) -> str:
+    threads, device = rows[0]["threads"], rows[0]["device"]
     lines = [
-        f"covidnet-redesign, width {width}, site-specific BN + NT-Xent, batch 32 (16+16), fp32, {threads} thread(s)",
-        f"fp32 matmul peak (torch.mm {MATMUL_SIZE}x{MATMUL_SIZE}, {threads} thread(s)): {peak:.1f} GFLOP/s",
+        f"covidnet-redesign, width {width}, site-specific BN + NT-Xent, batch 32 (16+16), fp32, {device}, "
+        f"{threads} CPU thread(s)",
+        f"fp32 matmul peak (torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} on {device}): {peak:.1f} GFLOP/s",
         "",
-        f"{'size':>4}  {'impl':<11}{'train img/s':>12}{'GFLOP/s':>9}{'% peak':>8}"
-        f"{'infer img/s':>13}{'GFLOP/s':>9}{'% peak':>8}{'peak RSS MB':>13}{'step-1 loss':>13}",
+        f"{'size':>4}  {'impl':<17}{'train img/s':>12}{'GFLOP/s':>9}{'% peak':>8}"
+        f"{'infer img/s':>13}{'GFLOP/s':>9}{'% peak':>8}{'peak RSS MB':>13}{'step-1 loss':>13}{'ops/step':>10}",
     ]
     for size in dict.fromkeys(r["image_size"] for r in rows):
         by = {r["impl"]: r for r in rows if r["image_size"] == size}
-        for impl, r in by.items():
-            if r["train_img_s"] is None:
-                train = f"{'-':>12}{'-':>9}{'-':>8}"
-            else:
-                train = f"{r['train_img_s']:>12.2f}{r['gflop_s']:>9.1f}{r['pct_of_matmul_peak']:>7.1f}%"
-            loss = "-" if r["first_loss"] is None else f"{r['first_loss']:.5f}"
-            lines.append(f"{size:>4}  {impl:<11}{train}{r['infer_img_s']:>13.2f}{r['infer_gflop_s']:>9.1f}"
-                         f"{r['infer_pct_of_matmul_peak']:>7.1f}%{r['peak_rss_mb']:>13.0f}{loss:>13}")
-        for impl in [i for i in by if i != "plain"]:
-            ratio = {k: by[impl][k] / by["plain"][k] if by[impl][k] and by["plain"][k] else None
-                     for k in ("train_img_s", "infer_img_s", "peak_rss_mb")}
-            train = f"{'-':>12}" if ratio["train_img_s"] is None else f"{ratio['train_img_s']:>11.2f}x"
-            lines.append(f"{size:>4}  {impl + '/plain':<11}{train}{'':>17}"
+        for impl in impls:
+            r = by[impl]
+            lines.append(f"{size:>4}  {impl:<17}{r['train_img_s']:>12.2f}{r['gflop_s']:>9.1f}"
+                         f"{r['pct_of_matmul_peak']:>7.1f}%{r['infer_img_s']:>13.2f}{r['infer_gflop_s']:>9.1f}"
+                         f"{r['infer_pct_of_matmul_peak']:>7.1f}%{r['peak_rss_mb']:>13.0f}{r['first_loss']:>13.5f}"
+                         f"{r['ops_per_step']:>10}")
+        for impl in impls[1:]:
+            ratio = {k: by[impl][k] / by["plain"][k] for k in ("train_img_s", "infer_img_s", "peak_rss_mb")}
+            lines.append(f"{size:>4}  {impl + '/plain':<17}{ratio['train_img_s']:>11.2f}x{'':>17}"
                          f"{ratio['infer_img_s']:>12.2f}x{'':>17}{ratio['peak_rss_mb']:>12.2f}x")
     return "\n".join(lines)
 
@@ -352,20 +341,19 @@ def main() -> None:
                         help="data folder for the epoch measurement (default: ../shared/data, else the sample)")
     parser.add_argument("--epoch-size", type=int, default=112, help="image size of the epoch measurement")
     parser.add_argument("--no-epoch", action="store_true", help="skip the epoch measurement")
-    parser.add_argument("--infer-only", action="store_true", help="measure inference only (no training steps)")
-    parser.add_argument("--onnxruntime", action="store_true",
-                        help="add an onnxruntime inference row (needs the [onnx] extra)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where to train; cuda adds the row ours-eager (ours without the CUDA graph)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:  # a child process: measure one thing and print it as JSON
         kind, *rest = args.worker
         if kind == "steps":
-            result = worker_steps(rest[0], int(rest[1]), args.width, args.warmup, args.steps, args.infer_only)
+            result = worker_steps(rest[0], int(rest[1]), args.width, args.warmup, args.steps, args.device)
         elif kind == "matmul":
-            result = worker_matmul()
+            result = worker_matmul(device=args.device)
         else:
-            result = worker_epoch(rest[0], int(rest[1]), args.width)
+            result = worker_epoch(rest[0], int(rest[1]), args.width, args.device)
         print(json.dumps(result))
         return
 
@@ -373,10 +361,12 @@ def main() -> None:
     bad = [s for s in sizes if s < 32 or s % 16]
     if bad:
         parser.error(f"--sizes: crosssite trains at multiples of 16 px (at least 32), got {bad}")
+    if args.device == "cuda" and args.warmup < 5:
+        parser.error("--device cuda: --warmup must be at least 5 (the CUDA graph is recorded after 3 eager steps)")
     common = ["--width", str(args.width), "--steps", str(args.steps), "--warmup", str(args.warmup),
-              *(["--infer-only"] if args.infer_only else [])]
-    impls = ["plain", "ours", *(["onnxruntime"] if args.onnxruntime else [])]
-    peaks = [_run_child("plain", "matmul")["gflop_s"]]
+              "--device", args.device]
+    impls = ("plain", "ours-eager", "ours") if args.device == "cuda" else ("plain", "ours")
+    peaks = [_run_child("plain", "matmul", "--device", args.device)["gflop_s"]]
     rows = []
     for size in sizes:
         runs = {impl: [] for impl in impls}
@@ -385,17 +375,17 @@ def main() -> None:
             for impl in order:
                 print(f"... {size} px {impl} (round {round_ + 1}/{args.rounds})", file=sys.stderr, flush=True)
                 runs[impl].append(_run_child(impl, "steps", impl, str(size), *common))
-        peaks.append(_run_child("plain", "matmul")["gflop_s"])
-        rows += [(impl, size, r) for impl, r in runs.items()]
+        peaks.append(_run_child("plain", "matmul", "--device", args.device)["gflop_s"])
+        rows += [(impl, size, r, runs["plain"]) for impl, r in runs.items()]
     peak = max(peaks)  # the best of repeated measurements is the closest to the machine's peak
-    flops = {size: r[0]["infer_flop"] for impl, size, r in rows if impl == "ours"}
-    rows = [_row(impl, size, r, peak, flops[size]) for impl, size, r in rows]
-    print(_table(rows, peak, args.width))
+    rows = [_row(impl, size, r, peak, plain) for impl, size, r, plain in rows]
+    print(_table(rows, peak, args.width, impls))
 
     epoch = None
-    if not args.no_epoch and not args.infer_only:
+    if not args.no_epoch:
         print(f"... one epoch at {args.epoch_size} px on {args.epoch_data}", file=sys.stderr, flush=True)
-        epoch = _run_child("ours", "epoch", args.epoch_data, str(args.epoch_size), "--width", str(args.width))
+        epoch = _run_child("ours", "epoch", args.epoch_data, str(args.epoch_size), "--width", str(args.width),
+                           "--device", args.device)
         epoch["impl"] = "ours-epoch"
         print(f"\nepoch ({epoch['data']}, {epoch['image_size']} px, width {epoch['width']}, {epoch['steps']} steps "
               f"+ validation): {epoch['epoch_s']:.1f} s, of which making batches {epoch['batch_s']:.2f} s "

@@ -180,3 +180,19 @@ def test_checkpoint_carrying_code_is_refused_in_one_line(tmp_path, capsys):
 class Exploit:
     def __reduce__(self):
         return (print, ("code ran",))
+
+
+def test_gpu_flags_map_onto_the_config(tmp_path):
+    from crosssite.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--no-cuda-graphs", "--save-every", "5", "--precision", "bf16"])
+    config = config_from_args(args)
+    assert (config.cuda_graphs, config.save_every, config.precision) == (False, 5, "bf16")
+    assert config_from_args(build_parser().parse_args(["train"])).cuda_graphs  # on by default (used on CUDA only)
+
+
+def test_bf16_on_a_cpu_and_bad_gpu_settings_are_clear_errors(tmp_path, capsys):
+    args = ["train", "--data", str(SAMPLE_DATA), *TINY_FLAGS, "--epochs", "1", "--device", "cpu"]
+    assert "bf16 needs a CUDA GPU" in error_of(capsys, args + ["--precision", "bf16", "--out", str(tmp_path / "a")])
+    assert "precision" in error_of(capsys, args + ["--precision", "fp8", "--out", str(tmp_path / "b")])
+    assert "save_every" in error_of(capsys, args + ["--save-every", "0", "--out", str(tmp_path / "c")])

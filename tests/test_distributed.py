@@ -54,7 +54,11 @@ def _train_steps_one_thread(name: str):
     torch.manual_seed(0)
     method = create_method(name, 2, TrainConfig(method=name, **TINY))
     method.train()
-    update = distributed.make_update(method)
+    make_update = distributed.make_update(method)
+
+    def update(minibatches):
+        return {k: float(v) for k, v in make_update(minibatches).items()}
+
     stats = [update(_minibatches(0))]
     grads = {k: p.grad.clone() for k, p in method.named_parameters()}
     stats += [update(_minibatches(step)) for step in range(1, STEPS)]

@@ -79,8 +79,8 @@ def test_training_step_in_channels_last_matches_the_plain_step():
     plain, ours = method(), method()
     as_torch_layers(plain)
     assert not [m for m in plain.modules() if type(m).__module__ == "crosssite.models.layers"]
-    want = plain.update(batches)
-    got = make_update(ours)(batches)
+    want = {k: float(v) for k, v in plain.update(batches).items()}
+    got = {k: float(v) for k, v in make_update(ours)(batches).items()}
     assert got == pytest.approx(want, rel=1e-5)
     largest = max(p.grad.abs().max() for p in plain.parameters())
     for (name, p), q in zip(plain.named_parameters(), ours.parameters()):

@@ -275,3 +275,39 @@ def test_bad_settings_and_data_fail_before_anything_is_written(tmp_path, change,
     with pytest.raises(CrossSiteError, match=message):
         train_module.train(tiny_config(tmp_path, **change), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_saving_every_k_epochs_resumes_from_the_last_saved_epoch_to_the_same_end(tmp_path, monkeypatch):
+    whole = train_module.train(tiny_config(tmp_path, "whole", method="sepnorm", epochs=3), progress=False)
+
+    sparse = tiny_config(tmp_path, "sparse", method="sepnorm", epochs=3, save_every=2)
+    real_evaluate = train_module.evaluate_part
+    calls = {"n": 0}
+
+    def evaluate_then_die(method, data, part, *args, **kwargs):
+        calls["n"] += part == "val"
+        if calls["n"] == 3:  # in epoch 3, after its training steps: epoch 2 was the last one saved
+            raise KeyboardInterrupt
+        return real_evaluate(method, data, part, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_part", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(sparse, progress=False)
+    monkeypatch.setattr(train_module, "evaluate_part", real_evaluate)
+    assert torch.load(tmp_path / "sparse" / "last.pt", weights_only=True)["epoch"] == 2
+
+    # how often to save is not a setting of what is computed: a resume may change it
+    resumed = train_module.train(sparse.replace(save_every=1), resume=True, progress=False)
+    assert {k: v for k, v in resumed.items()} == whole
+    for k, v in final_weights(tmp_path / "whole").items():
+        torch.testing.assert_close(final_weights(tmp_path / "sparse")[k], v, rtol=0, atol=0, msg=k)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "sparse" / "train_log.jsonl")] == [1, 2, 3]
+
+
+def test_an_epoch_between_saves_writes_no_last_checkpoint(tmp_path, monkeypatch):
+    saved = []
+    real_save = train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint",
+                        lambda path, *a, **k: saved.append((path.name, k["epoch"])) or real_save(path, *a, **k))
+    train_module.train(tiny_config(tmp_path, method="joint", epochs=3, save_every=2), progress=False)
+    assert [e for name, e in saved if name == "last.pt"] == [2, 3]

@@ -54,13 +54,15 @@ SETTING_FLAGS = [
     ("--window", "window", parse_window, "CT scans: HU window WIDTH,LEVEL (default 1500,-600: lung)"),
     ("--slices", "slices", str, "CT scans: 'all' or START:STOP[:STEP] of each scan's slices, e.g. '::4' (every 4th)"),
     ("--out", "out", str, "run folder"),
+    ("--precision", "precision", str, "fp32, or bf16 (autocast; CUDA GPUs only)"),
+    ("--save-every", "save_every", int, "write last.pt (the resume state) every K epochs and after the last"),
 ]
 DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
 COMPILE_HELP = (
     "torch.compile the network first (~15 s at 224 px on 2 CPU cores; pays only for thousands of images, "
     "see README Speed)"
 )
-assert {f for _, f, _, _ in SETTING_FLAGS} | {"sites", "pepx_relu"} == {f.name for f in dataclasses.fields(TrainConfig)}
+assert {f for _, f, _, _ in SETTING_FLAGS} | {"sites", "pepx_relu", "cuda_graphs"} == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def positive_int(text: str) -> int:
@@ -105,6 +107,10 @@ def add_setting_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] 
     parser.add_argument(
         "--pepx-relu", action=argparse.BooleanOptionalAction, default=None, help="ReLU inside PEPX blocks"
     )
+    parser.add_argument(
+        "--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+        help="on a CUDA GPU, replay each training step as one CUDA graph (default: on; never on a CPU)",
+    )
 
 
 def setting_changes(args) -> dict:
@@ -114,6 +120,8 @@ def setting_changes(args) -> dict:
         changes["sites"] = args.sites
     if args.pepx_relu is not None:
         changes["pepx_relu"] = args.pepx_relu
+    if args.cuda_graphs is not None:
+        changes["cuda_graphs"] = args.cuda_graphs
     return changes
 
 

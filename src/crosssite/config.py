@@ -22,6 +22,10 @@ from .errors import CrossSiteError
 from .io import atomic_write_text, read_yaml
 
 
+#: settings of how a run executes, not of what it computes: `--resume` may change them
+EXECUTION_SETTINGS = ("cuda_graphs", "save_every")
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (defaults: Wang, Liu & Dou 2020 and its reference code)."""
@@ -54,6 +58,9 @@ class TrainConfig:
     window: list[float] = field(default_factory=lambda: [1500.0, -600.0])
     slices: str = "all"  # "all" or START:STOP[:STEP] in anatomical order, e.g. "::4"
     out: str = "runs/default"
+    precision: str = "fp32"  # "bf16": autocast on a CUDA GPU
+    cuda_graphs: bool = True  # on a CUDA GPU, replay each training step as one CUDA graph (crosssite.capture)
+    save_every: int = 1  # write last.pt (the resume state) every this many epochs, and after the last
 
     def validate(self) -> None:
         """Reject settings that would fail later, deep inside training (or, worse, train wrongly)."""
@@ -101,6 +108,10 @@ class TrainConfig:
             parse_slices(self.slices)
         except CrossSiteError as e:
             problems.append(str(e))
+        if self.precision not in ("fp32", "bf16"):
+            problems.append(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.save_every < 1:
+            problems.append(f"save_every must be at least 1, got {self.save_every}")
         if problems:
             raise CrossSiteError("invalid settings: " + "; ".join(problems))
 

@@ -19,7 +19,8 @@ its 1/N share of every site's batch, so the global batch stays `batch_per_site` 
 - only rank 0 writes files (`crosssite.io` skips writes elsewhere; all ranks compute the same results).
 
 So N processes train what one process trains with the same global batch, up to float rounding
-(tests/test_distributed.py). Outside torchrun `make_update` only sets the memory layout.
+(tests/test_distributed.py). Outside torchrun `make_update` only sets the layers and memory layout, and on
+a CUDA GPU replays the step as a CUDA graph (crosssite.capture).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import CrossSiteError, DivergedError
+from .capture import CapturedUpdate
+from .data.transforms import normalize
+from .errors import CrossSiteError
 from .runtime import prepare_input, prepare_model
 
 
@@ -210,7 +213,7 @@ class _LossOf(nn.Module):
 
 
 def _this_rank(minibatches, size: int, rank_: int, where: torch.device):
-    """This rank's rows of every site's batch, on its device and in the training memory layout."""
+    """This rank's rows of every site's batch, on its device (from pinned memory, without waiting, on a GPU)."""
     local = []
     for batch in minibatches:
         if batch is None:
@@ -219,22 +222,48 @@ def _this_rank(minibatches, size: int, rank_: int, where: torch.device):
         x, y = batch
         share = len(x) // size
         rows = slice(rank_ * share, (rank_ + 1) * share)
-        local.append((prepare_input(x[rows], where), y[rows].to(where)))
+        x, y = x[rows], y[rows]
+        if where.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        local.append((x.to(where, non_blocking=True), y.to(where, non_blocking=True)))
     return local
 
 
-def make_update(method: nn.Module, requested_device: str = "auto") -> Callable[[list], dict[str, float]]:
-    """The function that trains `method` on one step's minibatches in this process; returns its stats.
+def _normalized(minibatches, where: torch.device):
+    """uint8 crops made network input on the device (float batches pass as they are), in the training layout."""
+    return [None if b is None else (prepare_input(normalize(b[0]) if b[0].dtype == torch.uint8 else b[0], where), b[1])
+            for b in minibatches]
 
-    Sets the memory layout (crosssite.runtime) and moves the method to its device (see `device`).
+
+def make_update(method: nn.Module, requested_device: str = "auto") -> Callable[[list], dict[str, torch.Tensor]]:
+    """The function that trains `method` on one step's minibatches in this process; returns its stats
+    (tensors on the device: reading them waits for the device, so the trainer reads them once in a while).
+
+    Minibatches hold uint8 crops (B, s, s) or normalised float images. Sets the layers and memory layout
+    for the device (crosssite.runtime) and moves the method there (see `device`). On a CUDA GPU the
+    step is replayed as a CUDA graph (crosssite.capture) unless `config.cuda_graphs` is off or the
+    precision is bf16.
     Under torchrun it also syncs the batch norms, wraps the method in DistributedDataParallel and
     trains on this rank's share of each site's batch; the stats returned are averaged over ranks.
     Call it before loading an optimiser state (the state must land on the method's device).
     """
     where = device(requested_device)
-    prepare_model(method).to(where)
+    if method.config.precision == "bf16" and where.type != "cuda":
+        raise CrossSiteError(f"--precision bf16 needs a CUDA GPU; this run trains on {where}")
+    prepare_model(method, where)
+    if where.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN's fastest algorithm, found once
     if not active():
-        return lambda minibatches: method.update(_this_rank(minibatches, 1, 0, where))
+        def upload(minibatches):
+            return _this_rank(minibatches, 1, 0, where)
+
+        def step(minibatches):
+            return method.update(_normalized(minibatches, where))
+
+        # bf16 is left eager: on one H100 its captured steps drifted from the eager ones (issue 11, README)
+        if where.type == "cuda" and method.config.cuda_graphs and method.config.precision == "fp32":
+            return CapturedUpdate(method, upload, step)
+        return lambda minibatches: step(upload(minibatches))
 
     size, rank_ = world_size(), rank()
     if method.config.batch_per_site % size:
@@ -244,16 +273,15 @@ def make_update(method: nn.Module, requested_device: str = "auto") -> Callable[[
     ddp = DistributedDataParallel(_LossOf(method), device_ids=[where] if where.type == "cuda" else None,
                                   forward_sync_buffers=False)  # synced batch norms keep buffers equal
 
-    def update(minibatches) -> dict[str, float]:
+    def update(minibatches) -> dict[str, torch.Tensor]:
         method.release_gradients()
-        loss, stats = ddp(_this_rank(minibatches, size, rank_, where))
-        finite = torch.tensor([float(torch.isfinite(loss.detach()))], device=where)
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together, none waits in backward
-        if not finite.item():
-            raise DivergedError(f"loss became non-finite on at least one of {size} processes")
-        method.step(loss)
-        values = torch.tensor(list(stats.values()), dtype=torch.float64, device=where)
+        with method.precision():
+            loss, stats = ddp(_normalized(_this_rank(minibatches, size, rank_, where), where))
+        finite = torch.isfinite(loss.detach()).to(torch.float32)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together, none waits in backward
+        method.step(loss, finite=finite.bool())
+        values = torch.stack(list(stats.values())).double()
         dist.all_reduce(values)
-        return dict(zip(stats, (values / size).tolist()))
+        return dict(zip(stats, values / size))
 
     return update

@@ -62,8 +62,8 @@ class InferenceNetwork(nn.Module):
 
     def __init__(self, net: nn.Module, compile: bool = False):
         super().__init__()
-        self.net = prepare_model(net)
         self.device = next(net.parameters()).device
+        self.net = prepare_model(net, self.device)
         # freezing: the weights are constants, so inductor can pre-pack them for oneDNN. Compiling takes
         # a while on a CPU and pays only for long prediction jobs (README "Speed")
         self.run = torch.compile(self.net, options={"freezing": True}) if compile else self.net

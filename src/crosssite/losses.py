@@ -28,7 +28,7 @@ def supervised_nt_xent(embeddings: Tensor, labels: Tensor, temperature: float = 
     a per-row max subtracted; the reduction is the mean over positive pairs.
     Differences: pytorch-metric-learning adds 1e-20 inside the log (here an
     exact logsumexp is used); with no positive pair it returns a zero loss and
-    so do we (``embeddings.sum() * 0``, which keeps the graph). The reference
+    so do we (still a function of the embeddings, with zero gradients). The reference
     training script only applied the loss to batches of exactly 32 samples;
     this function works for any batch size.
     """
@@ -44,8 +44,6 @@ def supervised_nt_xent(embeddings: Tensor, labels: Tensor, temperature: float = 
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=embeddings.device)
     positive = same & ~eye
-    if not bool(positive.any()):
-        return embeddings.sum() * 0.0
     negative = ~same
 
     z = F.normalize(embeddings, dim=1)
@@ -57,7 +55,7 @@ def supervised_nt_xent(embeddings: Tensor, labels: Tensor, temperature: float = 
     neg_lse = torch.logsumexp(sim.masked_fill(~negative, float("-inf")).masked_fill(~has_negative[:, None], 0.0), dim=1)
     neg_lse = torch.where(has_negative, neg_lse, torch.full_like(neg_lse, float("-inf")))
 
-    anchor, pos = positive.nonzero(as_tuple=True)
-    s_ap = sim[anchor, pos]
-    per_pair = torch.logaddexp(s_ap, neg_lse[anchor]) - s_ap
-    return per_pair.mean()
+    # every pair's loss, kept where (a, p) is a positive pair: masks rather than indexing by the pairs,
+    # whose number only the device knows, so that the loss never waits for it (crosssite.capture)
+    per_pair = torch.logaddexp(sim, neg_lse[:, None]) - sim
+    return torch.where(positive, per_pair, 0.0).sum() / positive.sum().clamp_min(1)

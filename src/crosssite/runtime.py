@@ -2,7 +2,8 @@
 
 Memory layout: convolutions run in channels_last (NHWC) layout, which oneDNN's CPU kernels
 prefer; `prepare_model` and `prepare_input` put the model and its images in it for training
-(crosssite.distributed) and inference (crosssite.inference). The math is unchanged.
+(crosssite.distributed) and inference (crosssite.inference). The math is unchanged. On a GPU they
+choose torch's own layers in NCHW instead.
 
 Malloc: glibc's malloc hands every large block (a conv activation of a few MB) back to the
 operating system when it is freed and maps it again on the next step; the page
@@ -22,6 +23,8 @@ import sys
 
 import torch
 from torch import nn
+
+from .models.layers import as_torch_layers
 
 MALLOC_TUNABLES = {
     "glibc.malloc.mmap_max": "0",
@@ -64,11 +67,19 @@ def ensure_malloc_tuning() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
 
 
-def prepare_model(module: nn.Module) -> nn.Module:
-    """Put the 4-D weights of `module` in channels_last layout (in place; parameters stay the same objects)."""
-    return module.to(memory_format=torch.channels_last)
+def prepare_model(module: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """`module` on `device` in its training layout (in place; parameters stay the same objects).
+
+    On a CPU: crosssite's leaner layers, 4-D weights in channels_last. On a GPU: torch's own layers
+    (crosssite.models.layers.as_torch_layers) in NCHW, which issue 11 measured 1.2-1.6x faster there.
+    """
+    if torch.device(device).type == "cuda":
+        return as_torch_layers(module).to(device)
+    return module.to(device, memory_format=torch.channels_last)
 
 
 def prepare_input(x: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """An image batch on `device`, in channels_last layout."""
+    """An image batch on `device`, in the layout `prepare_model` chose for it."""
+    if torch.device(device).type == "cuda":
+        return x.to(device, non_blocking=True)
     return x.to(device, memory_format=torch.channels_last)

@@ -4,7 +4,7 @@ Run folder (`config.out`):
   config.yaml       resolved settings (reload with `crosssite train --config`)
   split.json        the exact train/val/test images of every site
   train_log.jsonl   one line per epoch: losses, learning rate, validation metrics
-  last.pt           everything needed to resume, rewritten atomically after every epoch
+  last.pt           everything needed to resume, rewritten atomically every `save_every` epochs
   best.pt           weights with the best mean validation AUC over sites (evaluated on test); for a method
                     whose sites share nothing (single), each site's network from its own best epoch
   metrics.json      per-site test metrics of best.pt, and the test AUC of each of the last `tail_epochs` epochs
@@ -30,16 +30,19 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig, load_config, save_config
+from .config import EXECUTION_SETTINGS, TrainConfig, load_config, save_config
 from .data.images import DecodedCache
 from .data.sampling import epoch_batches
 from .data.sites import Site, load_sites
 from .data.splits import load_splits, make_splits, save_splits
-from .data.transforms import random_crop_flip, to_tensor
+from .data.transforms import random_crop_flip
 from .errors import CrossSiteError, DivergedError
 from .evaluate import mean_auc, predict_proba, site_metrics
 from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from .methods import check_method, create_method
+
+#: steps between reads of the device (progress bar, divergence check); a read waits for the GPU
+READ_EVERY = 25
 
 
 @dataclass
@@ -108,7 +111,8 @@ def _train_batch(data: RunData, site: str, indices: np.ndarray, image_size: int,
     samples = data.sites[site].samples
     chosen = [samples[data.splits[site]["train"][i]] for i in indices]
     images = random_crop_flip([data.cache.train_image(s.path) for s in chosen], image_size, rng)
-    return to_tensor(images), torch.tensor([s.label for s in chosen], dtype=torch.long)
+    # uint8: normalised on the training device (crosssite.distributed), a quarter of the float traffic
+    return torch.from_numpy(images), torch.tensor([s.label for s in chosen], dtype=torch.long)
 
 
 def _seed_everything(seed: int) -> None:
@@ -119,7 +123,7 @@ def _seed_everything(seed: int) -> None:
 def _check_same_settings(config: TrainConfig, saved_file: Path) -> None:
     """--resume continues the same run: every setting but `out` (a run folder may be moved or copied)."""
     saved = load_config(saved_file).to_dict()
-    changed = [k for k, v in config.to_dict().items() if saved.get(k) != v and k != "out"]
+    changed = [k for k, v in config.to_dict().items() if saved.get(k) != v and k not in ("out", *EXECUTION_SETTINGS)]
     if changed:
         raise CrossSiteError(f"{saved_file}: --resume with different settings ({', '.join(changed)})")
 
@@ -210,6 +214,19 @@ def finished_metrics(out: Path) -> dict | None:
         raise CrossSiteError(f"{path}: damaged (not JSON); the run's best.pt can be tested with crosssite evaluate") from None
 
 
+def _stop_if_diverged(method, out: Path, first_epoch: int, steps_per_epoch: int) -> None:
+    """Raise DivergedError if an update since this process started had a non-finite loss or gradient
+    (its step and every later one left the weights alone, crosssite.methods.base); reads the device."""
+    found = method.divergence()
+    if found is None:
+        return
+    at, loss = found
+    epoch, step = first_epoch + (at - 1) // steps_per_epoch + 1, (at - 1) % steps_per_epoch + 1
+    what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became non-finite (loss {loss})"
+    kept = f"last good checkpoint: {out / 'last.pt'}" if (out / "last.pt").exists() else "no checkpoint yet"
+    raise DivergedError(f"{out}: {what} at epoch {epoch}, step {step}; training stopped ({kept})")
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True, device: str = "auto") -> dict:
     """Train `config.method` on the sites, keep the best validation checkpoint, test it; return metrics.json."""
     config.validate()
@@ -252,15 +269,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
         batches = epoch_batches(train_sizes, config.batch_per_site, rng)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for step, indices in enumerate(bar):
+            # made on the host while the device still runs the previous steps: nothing here waits for it
             minibatches = [_train_batch(data, n, idx, config.image_size, rng) for n, idx in zip(names, indices)]
-            try:
-                stats = update(minibatches)
-            except DivergedError as e:
-                kept = f"last good checkpoint: {out / 'last.pt'}" if (out / "last.pt").exists() else "no checkpoint yet"
-                raise DivergedError(f"{out}: {e} at epoch {epoch + 1}, step {step + 1}; training stopped ({kept})") from None
+            stats = update(minibatches)
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}")
+            if (step + 1) % READ_EVERY == 0 or step + 1 == len(batches):
+                _stop_if_diverged(method, out, start_epoch, len(batches))
+                bar.set_postfix(loss=f"{float(totals['loss']) / (step + 1):.4f}")
         scheduler.step()
 
         val, _ = evaluate_part(method, data, "val", config.eval_batch_size)
@@ -270,7 +286,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
         record = {
             "epoch": epoch + 1,
             "lr": lr,
-            **{k: v / len(batches) for k, v in totals.items()},
+            **{k: float(v) / len(batches) for k, v in totals.items()},
             "val_mean_auc": val_auc,
             "val": val,
             "best": is_best,
@@ -290,17 +306,18 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
         if epoch >= config.epochs - config.tail_epochs:
             _, test_rows = evaluate_part(method, data, "test", config.eval_batch_size)  # every rank takes part
             _write_tail_predictions(out / "tail_predictions.csv", epoch + 1, test_rows)
-        save_checkpoint(
-            out / "last.pt",
-            method,
-            config,
-            names,
-            epoch=epoch + 1,
-            best_val_auc=best,
-            best_epochs=best_epochs,
-            optimizer=method.optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-        )
+        if (epoch + 1) % config.save_every == 0 or epoch + 1 == config.epochs:
+            save_checkpoint(
+                out / "last.pt",
+                method,
+                config,
+                names,
+                epoch=epoch + 1,
+                best_val_auc=best,
+                best_epochs=best_epochs,
+                optimizer=method.optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+            )
 
     if not (out / "best.pt").exists():  # validation AUC undefined every epoch: fall back to the last epoch
         save_checkpoint(out / "best.pt", method, config, names, epoch=config.epochs, site_epochs={},

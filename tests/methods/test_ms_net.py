@@ -35,7 +35,7 @@ def batches():
 
 
 def test_loss_is_auxiliary_ce_plus_weighted_universal_terms():
-    stats = build(kd_weight=0.3).update(batches())
+    stats = {k: float(v) for k, v in build(kd_weight=0.3).update(batches()).items()}
     expected = stats["aux_ce"] + 0.7 * stats["universal_ce"] + 0.3 * stats["kd"]
     assert stats["loss"] == pytest.approx(expected, rel=1e-5)
     assert stats["kd"] > 0

@@ -8,6 +8,8 @@ both:  ToTensor, gray replicated to 3 channels, ImageNet Normalize.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from PIL import Image
@@ -60,7 +62,21 @@ def to_tensor(batch: np.ndarray) -> torch.Tensor:
     """(B, s, s) uint8 -> (B, 3, s, s) float32 in ImageNet-normalised units."""
     if batch.ndim != 3 or batch.dtype != np.uint8:
         raise ValueError(f"expected a (B, H, W) uint8 batch, got {batch.dtype} of shape {batch.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(torch.float32).div_(255.0).unsqueeze(1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return normalize(torch.from_numpy(np.ascontiguousarray(batch)))
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """(B, s, s) uint8 tensor -> (B, 3, s, s) float32 in ImageNet-normalised units, on x's device
+    (training sends the uint8 crops to the GPU, a quarter of the float traffic, and normalises there)."""
+    x = x.to(torch.float32).div_(255.0).unsqueeze(1)
+    mean, std = _mean_std(x.device)
     return ((x - mean) / std).contiguous()
+
+
+@functools.cache
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std as (1, 3, 1, 1) tensors on `device`, made once: a copy from the host inside
+    a step that is being recorded as a CUDA graph (crosssite.capture) would fail."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, std

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 
 from ..distributed import gather
 from ..losses import supervised_nt_xent
-from ..models.site_bn import use_site
-from .base import Minibatches, present
+from .base import Minibatches
 from .registry import register
 from .sepnorm import SepNorm
 
@@ -17,15 +16,13 @@ from .sepnorm import SepNorm
 class Contrastive(SepNorm):
     projection = True
 
-    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, float]]:
-        outputs = self.site_forward(minibatches)
-        projections = []
-        for site, emb, _ in outputs:
-            with use_site(self.net, site):  # the projection head's batch norms are site-specific too
-                projections.append(self.net.project(emb))
-        labels = torch.cat([y for _, _, y in present(minibatches)])
-        ce = F.cross_entropy(torch.cat([logits for _, _, logits in outputs]), labels)
+    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with self.all_sites(minibatches) as (x, labels):
+            emb = self.net.features(x)
+            logits = self.net.classify(emb)
+            projections = self.net.project(emb)  # the projection head's batch norms are site-specific too
+        ce = F.cross_entropy(logits, labels)
         # under torchrun each process holds part of the batch: the loss compares the whole global batch
-        contrast = supervised_nt_xent(gather(torch.cat(projections)), gather(labels), self.config.temperature)
+        contrast = supervised_nt_xent(gather(projections), gather(labels), self.config.temperature)
         loss = ce + self.config.alpha * contrast
-        return loss, {"loss": loss.item(), "ce": ce.item(), "contrastive": contrast.item()}
+        return loss, {"loss": loss.detach(), "ce": ce.detach(), "contrastive": contrast.detach()}

@@ -18,12 +18,12 @@ class Joint(Method):
         self.net = self.make_backbone()
         self._finish_init()
 
-    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batches = present(minibatches)
         x = torch.cat([x for _, x, _ in batches])
         y = torch.cat([y for _, _, y in batches])
         loss = F.cross_entropy(self.net(x), y)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def predict(self, x, site):
         self.check_site(site)

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.adapters import PerSite, fresh_copies
-from ..models.site_bn import use_site
-from .base import Minibatches, present
+from .base import Minibatches
 from .registry import register
 from .sepnorm import SepNorm
 
@@ -42,22 +41,19 @@ class MSNet(SepNorm):
         net.aux_classifier = PerSite(fresh_copies(net.classifier, self.num_sites))
         return net
 
-    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, float]]:
-        universal, auxiliary = [], []
-        for site, emb, logits in self.site_forward(minibatches):
-            universal.append(logits)
-            with use_site(self.net, site):
-                auxiliary.append(self.net.aux_classifier(emb))
-        labels = torch.cat([y for _, _, y in present(minibatches)])
-        universal, auxiliary = torch.cat(universal), torch.cat(auxiliary)
+    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with self.all_sites(minibatches) as (x, labels):
+            emb = self.net.features(x)
+            universal = self.net.classify(emb)
+            auxiliary = self.net.aux_classifier(emb)  # each site's rows through that site's own head
         aux_ce = F.cross_entropy(auxiliary, labels)
         universal_ce = F.cross_entropy(universal, labels)
         transfer = soft_target_kl(universal, auxiliary, self.config.kd_temperature)
         w = self.config.kd_weight
         loss = aux_ce + (1 - w) * universal_ce + w * transfer
         return loss, {
-            "loss": loss.item(),
-            "aux_ce": aux_ce.item(),
-            "universal_ce": universal_ce.item(),
-            "kd": transfer.item(),
+            "loss": loss.detach(),
+            "aux_ce": aux_ce.detach(),
+            "universal_ce": universal_ce.detach(),
+            "kd": transfer.detach(),
         }

@@ -24,10 +24,10 @@ class Single(Method):
         # each site's network is clipped on its own so the networks stay independent
         return [list(net.parameters()) for net in self.nets]
 
-    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         losses = [F.cross_entropy(self.nets[site](x), y) for site, x, y in present(minibatches)]
         loss = sum(losses)
-        return loss, {"loss": loss.item() / len(losses)}
+        return loss, {"loss": loss.detach() / len(losses)}
 
     def predict(self, x, site):
         self.check_site(site)

@@ -7,7 +7,7 @@ from typing import Callable
 import torch.nn as nn
 
 from .covidnet import COVIDNet
-from .site_bn import SiteBatchNorm, SiteSpecific, convert_to_site_bn, num_sites, set_site, use_site
+from .site_bn import SiteBatchNorm, SiteSpecific, convert_to_site_bn, num_sites, set_site, use_site, use_sites
 
 
 def _covidnet(**kwargs) -> nn.Module:
@@ -43,4 +43,5 @@ __all__ = [
     "num_sites",
     "set_site",
     "use_site",
+    "use_sites",
 ]

@@ -47,7 +47,7 @@ class PerSite(SiteSpecific):
         return self.copies
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.active()(x)
+        return self.run_copies(x)
 
 
 class SiteAdapter(SiteSpecific):
@@ -83,9 +83,8 @@ class SiteAdapter(SiteSpecific):
         return self.adapters
 
     def forward(self, x: Tensor) -> Tensor:
-        adapter = self.active()
         y = self.conv(x)
-        return y + adapter(y if self.placement == "series" else x)
+        return y + self.run_copies(y if self.placement == "series" else x)
 
     def extra_repr(self) -> str:
         return f"placement={self.placement}, " + super().extra_repr()

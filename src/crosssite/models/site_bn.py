@@ -5,6 +5,10 @@
 statistics, own affine parameters); ``use_site(model, i)`` selects which copy
 every such layer uses; ``add_site(model)`` adds a copy for a site seen only
 after training. All other parameters stay shared between sites.
+``use_sites(model, [(site, rows), ...])`` runs several sites in one pass: the
+batch holds each site's rows one after the other, and every site-specific layer
+gives each site's rows to that site's copy (the same calls, statistics and
+running buffers as one pass per site, with the shared layers run once).
 
 The selection mechanism belongs to :class:`SiteSpecific`, the base of every
 layer that keeps one copy of something per site (batch norms here, adapters
@@ -29,10 +33,13 @@ class SiteSpecific(nn.Module):
     """Base of layers holding one copy of their weights per site; forward uses the active site's.
 
     Subclasses put the copies in an ``nn.ModuleList`` returned by :meth:`site_copies`
-    and call :meth:`active` in ``forward``; :func:`use_site` selects the site.
+    and call :meth:`run_copies` in ``forward``; :func:`use_site` selects the site,
+    :func:`use_sites` a batch of several sites' rows.
     """
 
     active_site: int | None = None
+    #: under `use_sites`: (site of each block of rows, rows per block), blocks in batch order
+    site_rows: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def site_copies(self) -> nn.ModuleList:
         raise NotImplementedError
@@ -45,12 +52,21 @@ class SiteSpecific(nn.Module):
         if site is not None:
             _check_site(site, self.num_sites)
         self.active_site = site
+        self.site_rows = None
 
     def active(self) -> nn.Module:
         """The active site's copy; running without a selected site is an error, never a silent default."""
         if self.active_site is None:
             raise RuntimeError(NO_SITE_MESSAGE)
         return self.site_copies()[self.active_site]
+
+    def run_copies(self, x: Tensor) -> Tensor:
+        """The active site's copy on `x`; under `use_sites`, each site's copy on its own block of rows."""
+        if self.site_rows is None:
+            return self.active()(x)
+        sites, rows = self.site_rows
+        copies = self.site_copies()
+        return torch.cat([copies[site](part) for site, part in zip(sites, x.split(rows))])
 
     def extra_repr(self) -> str:
         return f"num_sites={self.num_sites}, active_site={self.active_site}"
@@ -70,7 +86,7 @@ class SiteBatchNorm(SiteSpecific):
         return self.bns
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.active()(x)
+        return self.run_copies(x)
 
 
 def _check_num_sites(n: int) -> None:
@@ -148,13 +164,36 @@ def set_site(model: nn.Module, site: int | None) -> None:
 def use_site(model: nn.Module, site: int) -> Iterator[nn.Module]:
     """Select ``site`` for the ``with`` block, then restore each layer's previous site."""
     layers = _site_layers(model)
-    previous = [m.active_site for m in layers]
+    previous = [(m.active_site, m.site_rows) for m in layers]
     set_site(model, site)
     try:
         yield model
     finally:
-        for m, prev in zip(layers, previous):
-            m.active_site = prev
+        for m, (prev, rows) in zip(layers, previous):
+            m.active_site, m.site_rows = prev, rows
+
+
+@contextmanager
+def use_sites(model: nn.Module, blocks: list[tuple[int, int]]) -> Iterator[nn.Module]:
+    """For the ``with`` block, run a batch made of several sites' rows: ``blocks`` lists (site, rows)
+    in batch order, and each site-specific layer passes each block to that site's copy."""
+    layers = _site_layers(model)
+    if not layers:
+        raise ValueError("model has no site batch norm layers: call convert_to_site_bn(model, n) first")
+    sites = tuple(site for site, _ in blocks)
+    rows = tuple(int(n) for _, n in blocks)
+    for site in sites:
+        _check_site(site, min(m.num_sites for m in layers))
+    if not sites or len(set(sites)) != len(sites) or min(rows) < 1:
+        raise ValueError(f"use_sites needs distinct sites with at least one row each, got {blocks}")
+    previous = [(m.active_site, m.site_rows) for m in layers]
+    for m in layers:
+        m.active_site, m.site_rows = None, (sites, rows)
+    try:
+        yield model
+    finally:
+        for m, (site, site_rows) in zip(layers, previous):
+            m.active_site, m.site_rows = site, site_rows
 
 
 def add_site(model: nn.Module) -> int:
