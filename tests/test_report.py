@@ -168,3 +168,17 @@ def test_damaged_sweep_files_are_one_line_errors(reported, capsys, name, content
     assert cli.main(["report", str(reported)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_patient_level_auc_only_where_the_site_has_patient_ids(reported):
+    from crosssite.scans import level_metrics
+
+    write_report(reported)
+    cells = read_csv(reported / "tables" / "patient_level.csv")
+    assert {c["site"] for c in cells} == {"covid-ct"}  # sars-cov-2-ct has no patient ids
+    cell = next(c for c in cells if c["row"] == "contrastive")
+    jobs = [r for r in read_jsonl(reported / "results.jsonl") if r["row"] == "contrastive"]
+    expected = [100 * level_metrics(read_csv(reported / r["folder"] / "predictions.csv"))["patient"]["covid-ct"]["auc"]
+                for r in jobs]
+    assert int(cell["n"]) == 4 and float(cell["mean"]) == pytest.approx(np.mean(expected))
+    assert "## Patient-level test AUC" in (reported / "report.md").read_text()

@@ -27,6 +27,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from .errors import CrossSiteError
 from .evaluate import METRIC_NAMES
 from .io import atomic_write_text
+from .scans import describe, level_metrics
 from .stats import BOOTSTRAP_REPLICATES, bootstrap_auc, paired_difference, percentile_interval
 from .sweep import PROVENANCE, ROW_BY_NAME, Row, job_name, planned_names, read_results, read_sweep_settings
 
@@ -207,6 +208,25 @@ def _interval_cell(e: dict) -> str:
 def _robust_grid(entries: list[dict], site: str, rows: list[Row]) -> list[list[str]]:
     cells = {(e["row"], e["epoch"]): _interval_cell(e) for e in entries if e["site"] == site}
     return [[r.display] + [cells[r.name, c] for c in EPOCH_CHOICES] for r in rows]
+
+
+def patient_level(res: SweepResults) -> list[dict]:
+    """Per (row, site with patient ids): mean and std over jobs of the patient-level test AUC, in %, where a
+    patient's P(COVID) aggregates their slices (crosssite.scans, default aggregate)."""
+    entries = []
+    for row in res.rows:
+        values = defaultdict(list)
+        for job in res.ok(row.name):
+            patients = level_metrics(_read_csv(res.folder / job["folder"] / "predictions.csv"))["patient"]
+            for site, metrics in patients.items():
+                if not math.isnan(metrics["auc"]):
+                    values[site].append((100 * metrics["auc"], metrics["n"]))
+        for site, found in values.items():
+            aucs = [v for v, _ in found]
+            entries.append({"row": row.name, "method": row.display, "site": site, "n": len(aucs),
+                            "patients": found[0][1], "mean": float(np.mean(aucs)),
+                            "std": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else math.nan})
+    return entries
 
 
 # ---- Tables II and III and the ablations: paired differences on AUC ---------------------------
@@ -477,6 +497,20 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
     non_grouped = [r for r in res.rows if r.group != "grouped"]
     for site in res.sites:
         md += [f"### Site {site}", "", _markdown(["Method", *EPOCH_CHOICES.values()], _robust_grid(robust, site, non_grouped))]
+
+    by_patient = patient_level(res)
+    atomic_write_text(tables / "patient_level.csv", _csv(by_patient))
+    md += ["## Patient-level test AUC", "",
+           f"Where a site has patient ids, each test patient's P(COVID) is the {describe('topk')} of their "
+           "images (`crosssite.scans`), and the AUC is taken over patients: mean ± std over jobs (n jobs; "
+           "patients per test fold in brackets). n/a: fewer than 2 jobs.", ""]
+    if by_patient:
+        grid = [[e["method"], e["site"], (f"{e['mean']:.1f} ± {e['std']:.1f} ({e['n']})" if e["n"] > 1
+                                          else f"{e['mean']:.1f}, n/a (1)") + f" [{e['patients']} patients]"]
+                for e in by_patient if ROW_BY_NAME[e["row"]].group != "grouped"]
+        md += [_markdown(["Method", "Site", "Patient-level AUC"], grid)]
+    else:
+        md += ["No site of this sweep has patient ids.", ""]
 
     said = []
     for number, stem, comparisons, title in (
