@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                       # 224, 112 and 64 px, then one real epoch
     python benchmarks/throughput.py --sizes 64,112 --json rows.jsonl --no-epoch
     python benchmarks/throughput.py --device cuda --sizes 224,112 --no-epoch   # plain, ours-eager, ours
+    python benchmarks/throughput.py --sizes 224 --infer-only --onnxruntime --no-epoch   # + onnxruntime (CPU)
 
 Both sides train the paper's setting: the redesigned COVID-Net with site-specific batch norm, one
 forward per site, batch 32 (16 + 16), cross-entropy + supervised NT-Xent, Adam, gradient clipping;
@@ -18,6 +19,11 @@ both build the network with crosssite's model and loss code, so they differ only
          graph), inference through crosssite.inference (batch norm folded), in a process with the
          malloc tunables that `crosssite` sets for itself (crosssite.runtime).
   ours-eager  (--device cuda only) ours without the CUDA graph (--no-cuda-graphs).
+  onnxruntime  (--onnxruntime, CPU only, needs the [onnx] extra) inference only: ours' folded network
+         of site 0 written by crosssite.export as `crosssite export` writes it and run by onnxruntime's
+         CPU provider on the same number of threads, in a process as Python starts it (as plain).
+
+--infer-only skips the training steps (and the epoch): every row then has inference columns only.
 
 `ops_per_step` is the number of ATen operations one training step dispatches (crosssite.opcount),
 after warm-up: what bounds a GPU step at this batch size (issue 11). A replayed CUDA graph dispatches
@@ -29,7 +35,9 @@ all its timed steps after warm-up (on a GPU: the mean of a synchronised run of t
 matrix products; a training step counts forward and backward; the convolutions' backward with a
 corrected formula, see `_conv_backward_flop`), and the percentage is of the fp32 matmul rate measured
 in this run by a large torch.mm on the same number of threads. Peak RSS is
-the child's maximum resident memory (training steps, then inference).
+the child's maximum resident memory (training steps, then inference). FLOPs per step and batch
+are counted on plain's run: the same network and math on every side, and neither a replayed CUDA
+graph nor onnxruntime dispatches anything torch's counter sees.
 
 The epoch row trains one real epoch with `crosssite.train.train` (../shared/data when present,
 else the shipped sample) and reports its wall time and the share spent making batches.
@@ -38,6 +46,8 @@ else the shipped sample) and reports its wall time and the share spent making ba
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import os
 import resource
@@ -151,6 +161,39 @@ def _ours(size: int, width: float, device: str, cuda_graphs: bool = True):
     return train_step, make_predictor, True
 
 
+def _onnxruntime(size: int, width: float, device: str):
+    """ours' folded network of site 0 exported to ONNX and run by onnxruntime: (no train step, inference).
+    `device` is always the CPU (the parser refuses --onnxruntime with cuda)."""
+    import onnxruntime
+    import torch
+
+    from crosssite.config import TrainConfig
+    from crosssite.export import INPUT, export_network, write_onnx
+    from crosssite.methods import create_method
+
+    torch.manual_seed(0)
+    method = create_method("contrastive", 2, TrainConfig(image_size=size, width=width))
+    method.eval()
+
+    def make_predictor():
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        with tempfile.TemporaryDirectory() as folder:  # the session holds the model once it is made
+            path = Path(folder) / "net.onnx"
+            write_onnx(export_network(method, 0)[0], torch.zeros(1, 3, size, size), path)
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def predict(x):
+            return session.run(None, {INPUT: x.numpy()})  # all outputs, as `predict --backend onnxruntime`
+        return predict
+
+    return None, make_predictor, False
+
+
+IMPLS = {"plain": _plain, "ours": _ours, "ours-eager": functools.partial(_ours, cuda_graphs=False),
+         "onnxruntime": _onnxruntime}
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
@@ -194,23 +237,23 @@ def _flop_counter():
     return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
 
 
-def worker_steps(impl: str, size: int, width: float, warmup: int, steps: int, device: str = "cpu") -> dict:
+def worker_steps(impl: str, size: int, width: float, warmup: int, steps: int, device: str = "cpu",
+                 infer_only: bool = False) -> dict:
     import torch
 
     from crosssite.opcount import count_ops
 
-    if impl == "plain":
-        train_step, make_predictor, uint8 = _plain(size, width, device)
-    else:
-        train_step, make_predictor, uint8 = _ours(size, width, device, cuda_graphs=impl == "ours")
-    minibatches = _images(size, 0, uint8)
-    first_loss = float(train_step(minibatches))  # from the same initial weights everywhere: the same loss
-    train_times = _timed(train_step, minibatches, warmup, steps, device)
-    train_rss = _peak_rss_mb()
-    ops_per_step = count_ops(lambda: train_step(minibatches)).total
-    with _flop_counter() as counter:
-        train_step(minibatches)
-    train_flop = counter.get_total_flops()  # 0 for a replayed CUDA graph: the parent takes plain's
+    train_step, make_predictor, uint8 = IMPLS[impl](size, width, device)
+    first_loss, train_times, train_rss, ops_per_step, train_flop = None, [], None, None, None
+    if train_step is not None and not infer_only:
+        minibatches = _images(size, 0, uint8)
+        first_loss = float(train_step(minibatches))  # from the same initial weights everywhere: the same loss
+        train_times = _timed(train_step, minibatches, warmup, steps, device)
+        train_rss = _peak_rss_mb()
+        ops_per_step = count_ops(lambda: train_step(minibatches)).total
+        with _flop_counter() as counter:
+            train_step(minibatches)
+        train_flop = counter.get_total_flops()  # 0 for a replayed CUDA graph: the parent takes plain's
 
     started = time.perf_counter()
     infer = make_predictor()
@@ -283,21 +326,23 @@ def _run_child(impl: str, *args: str) -> dict:
 
 
 def _row(impl: str, size: int, runs: list[dict], peak: float, plain: list[dict]) -> dict:
-    """One row; FLOPs per step are plain's (the same network and math; a replayed graph counts none)."""
-    train_s = statistics.median(t for r in runs for t in r["train_s"])
+    """One row; FLOPs per step and batch are plain's (the same network and math; a replayed graph and
+    onnxruntime count none). A row without training steps has None in its training fields."""
+    trained = bool(runs[0]["train_s"])
+    train_s = statistics.median(t for r in runs for t in r["train_s"]) if trained else None
     infer_s = statistics.median(t for r in runs for t in r["infer_s"])
     images = 2 * BATCH_PER_SITE
-    train_flop = plain[0]["train_flop"]
-    train_gflop_s = train_flop / train_s / 1e9
-    infer_gflop_s = runs[0]["infer_flop"] / infer_s / 1e9
+    train_flop, infer_flop = plain[0]["train_flop"], plain[0]["infer_flop"]
+    train_gflop_s = train_flop / train_s / 1e9 if trained else None
+    infer_gflop_s = infer_flop / infer_s / 1e9
     return {
         "impl": impl, "image_size": size, "batch": images, "threads": runs[0]["threads"],
-        "train_img_s": images / train_s, "infer_img_s": images / infer_s,
-        "gflop_s": train_gflop_s, "pct_of_matmul_peak": 100 * train_gflop_s / peak,
+        "train_img_s": images / train_s if trained else None, "infer_img_s": images / infer_s,
+        "gflop_s": train_gflop_s, "pct_of_matmul_peak": 100 * train_gflop_s / peak if trained else None,
         "infer_gflop_s": infer_gflop_s, "infer_pct_of_matmul_peak": 100 * infer_gflop_s / peak,
-        "train_step_gflop": train_flop / 1e9, "ops_per_step": runs[0]["ops_per_step"], "device": runs[0]["device"], "infer_batch_gflop": runs[0]["infer_flop"] / 1e9,
+        "train_step_gflop": train_flop / 1e9 if trained else None, "ops_per_step": runs[0]["ops_per_step"], "device": runs[0]["device"], "infer_batch_gflop": infer_flop / 1e9,
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "train_peak_rss_mb": max(r["train_peak_rss_mb"] for r in runs),
+        "train_peak_rss_mb": max(r["train_peak_rss_mb"] for r in runs) if trained else None,
         "infer_prepare_s": statistics.median(r["infer_prepare_s"] for r in runs),
         "first_loss": runs[0]["first_loss"], "matmul_peak_gflop_s": peak,
         "timed_steps": sum(len(r["train_s"]) for r in runs),
@@ -305,26 +350,33 @@ def _row(impl: str, size: int, runs: list[dict], peak: float, plain: list[dict])
 
 
 def _table(rows: list[dict], peak: float, width: float, impls: tuple[str, ...]) -> str:
+    """The rows as text; "-" where a row has no training steps."""
     threads, device = rows[0]["threads"], rows[0]["device"]
+    label = 2 + max(len(f"{impl}/plain") for impl in impls)  # the impl column fits every ratio label
     lines = [
         f"covidnet-redesign, width {width}, site-specific BN + NT-Xent, batch 32 (16+16), fp32, {device}, "
         f"{threads} CPU thread(s)",
         f"fp32 matmul peak (torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} on {device}): {peak:.1f} GFLOP/s",
         "",
-        f"{'size':>4}  {'impl':<17}{'train img/s':>12}{'GFLOP/s':>9}{'% peak':>8}"
+        f"{'size':>4}  {'impl':<{label}}{'train img/s':>12}{'GFLOP/s':>9}{'% peak':>8}"
         f"{'infer img/s':>13}{'GFLOP/s':>9}{'% peak':>8}{'peak RSS MB':>13}{'step-1 loss':>13}{'ops/step':>10}",
     ]
     for size in dict.fromkeys(r["image_size"] for r in rows):
         by = {r["impl"]: r for r in rows if r["image_size"] == size}
         for impl in impls:
             r = by[impl]
-            lines.append(f"{size:>4}  {impl:<17}{r['train_img_s']:>12.2f}{r['gflop_s']:>9.1f}"
-                         f"{r['pct_of_matmul_peak']:>7.1f}%{r['infer_img_s']:>13.2f}{r['infer_gflop_s']:>9.1f}"
-                         f"{r['infer_pct_of_matmul_peak']:>7.1f}%{r['peak_rss_mb']:>13.0f}{r['first_loss']:>13.5f}"
-                         f"{r['ops_per_step']:>10}")
+            if r["train_img_s"] is None:
+                train, loss, ops = f"{'-':>12}{'-':>9}{'-':>8}", f"{'-':>13}", f"{'-':>10}"
+            else:
+                train = f"{r['train_img_s']:>12.2f}{r['gflop_s']:>9.1f}{r['pct_of_matmul_peak']:>7.1f}%"
+                loss, ops = f"{r['first_loss']:>13.5f}", f"{r['ops_per_step']:>10}"
+            lines.append(f"{size:>4}  {impl:<{label}}{train}{r['infer_img_s']:>13.2f}{r['infer_gflop_s']:>9.1f}"
+                         f"{r['infer_pct_of_matmul_peak']:>7.1f}%{r['peak_rss_mb']:>13.0f}{loss}{ops}")
         for impl in impls[1:]:
-            ratio = {k: by[impl][k] / by["plain"][k] for k in ("train_img_s", "infer_img_s", "peak_rss_mb")}
-            lines.append(f"{size:>4}  {impl + '/plain':<17}{ratio['train_img_s']:>11.2f}x{'':>17}"
+            ratio = {k: by[impl][k] / by["plain"][k] for k in ("infer_img_s", "peak_rss_mb")}
+            trained = by[impl]["train_img_s"] is not None  # then plain trained too
+            train = f"{by[impl]['train_img_s'] / by['plain']['train_img_s']:>11.2f}x" if trained else f"{'-':>12}"
+            lines.append(f"{size:>4}  {impl + '/plain':<{label}}{train}{'':>17}"
                          f"{ratio['infer_img_s']:>12.2f}x{'':>17}{ratio['peak_rss_mb']:>12.2f}x")
     return "\n".join(lines)
 
@@ -343,13 +395,18 @@ def main() -> None:
     parser.add_argument("--no-epoch", action="store_true", help="skip the epoch measurement")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where to train; cuda adds the row ours-eager (ours without the CUDA graph)")
+    parser.add_argument("--infer-only", action="store_true",
+                        help="measure inference only (no training steps, no epoch)")
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="add an onnxruntime inference row (CPU only; needs the [onnx] extra)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:  # a child process: measure one thing and print it as JSON
         kind, *rest = args.worker
         if kind == "steps":
-            result = worker_steps(rest[0], int(rest[1]), args.width, args.warmup, args.steps, args.device)
+            result = worker_steps(rest[0], int(rest[1]), args.width, args.warmup, args.steps, args.device,
+                                  args.infer_only)
         elif kind == "matmul":
             result = worker_matmul(device=args.device)
         else:
@@ -361,11 +418,16 @@ def main() -> None:
     bad = [s for s in sizes if s < 32 or s % 16]
     if bad:
         parser.error(f"--sizes: crosssite trains at multiples of 16 px (at least 32), got {bad}")
-    if args.device == "cuda" and args.warmup < 5:
+    if args.onnxruntime and args.device == "cuda":
+        parser.error("--onnxruntime runs on the CPU only (onnxruntime's CPU provider); leave out --device cuda")
+    if args.device == "cuda" and args.warmup < 5 and not args.infer_only:
         parser.error("--device cuda: --warmup must be at least 5 (the CUDA graph is recorded after 3 eager steps)")
+    if args.onnxruntime and importlib.util.find_spec("onnxruntime") is None:
+        parser.error("--onnxruntime needs the optional extra: pip install -e '.[onnx]'")
     common = ["--width", str(args.width), "--steps", str(args.steps), "--warmup", str(args.warmup),
-              "--device", args.device]
+              "--device", args.device, *(["--infer-only"] if args.infer_only else [])]
     impls = ("plain", "ours-eager", "ours") if args.device == "cuda" else ("plain", "ours")
+    impls += ("onnxruntime",) if args.onnxruntime else ()
     peaks = [_run_child("plain", "matmul", "--device", args.device)["gflop_s"]]
     rows = []
     for size in sizes:
@@ -382,7 +444,7 @@ def main() -> None:
     print(_table(rows, peak, args.width, impls))
 
     epoch = None
-    if not args.no_epoch:
+    if not args.no_epoch and not args.infer_only:
         print(f"... one epoch at {args.epoch_size} px on {args.epoch_data}", file=sys.stderr, flush=True)
         epoch = _run_child("ours", "epoch", args.epoch_data, str(args.epoch_size), "--width", str(args.width),
                            "--device", args.device)
