@@ -194,5 +194,6 @@ def test_gpu_flags_map_onto_the_config(tmp_path):
 def test_bf16_on_a_cpu_and_bad_gpu_settings_are_clear_errors(tmp_path, capsys):
     args = ["train", "--data", str(SAMPLE_DATA), *TINY_FLAGS, "--epochs", "1", "--device", "cpu"]
     assert "bf16 needs a CUDA GPU" in error_of(capsys, args + ["--precision", "bf16", "--out", str(tmp_path / "a")])
+    assert not (tmp_path / "a").exists()  # refused before anything was written
     assert "precision" in error_of(capsys, args + ["--precision", "fp8", "--out", str(tmp_path / "b")])
     assert "save_every" in error_of(capsys, args + ["--save-every", "0", "--out", str(tmp_path / "c")])

@@ -80,6 +80,11 @@ def device(requested: str = "auto") -> torch.device:
     return where
 
 
+def check_precision(precision: str, where: torch.device) -> None:
+    if precision == "bf16" and where.type != "cuda":
+        raise CrossSiteError(f"--precision bf16 needs a CUDA GPU; this run trains on {where}")
+
+
 @contextlib.contextmanager
 def launched() -> Iterator[None]:
     """Join the process group when torchrun started this process (it sets WORLD_SIZE); leave it after."""
@@ -248,8 +253,7 @@ def make_update(method: nn.Module, requested_device: str = "auto") -> Callable[[
     Call it before loading an optimiser state (the state must land on the method's device).
     """
     where = device(requested_device)
-    if method.config.precision == "bf16" and where.type != "cuda":
-        raise CrossSiteError(f"--precision bf16 needs a CUDA GPU; this run trains on {where}")
+    check_precision(method.config.precision, where)
     prepare_model(method, where)
     if where.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN's fastest algorithm, found once

@@ -231,7 +231,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
     """Train `config.method` on the sites, keep the best validation checkpoint, test it; return metrics.json."""
     config.validate()
     check_method(config.method, config.backbone)
-    distributed.device(device)  # a bad --device fails before anything is written
+    # a bad --device, or bf16 where there is no GPU, fails before anything is written
+    distributed.check_precision(config.precision, distributed.device(device))
     out = Path(config.out)
     resume = check_run_folder(out, resume)  # False: nothing saved yet (or killed before anything was): start afresh
     # torchrun (crosssite.distributed): every rank has looked at the run folder before rank 0 writes to it;
