@@ -139,7 +139,8 @@ def card_markdown(facts: dict) -> str:
                                      if s["kind"] == "fold" else " (COVID-CT's official lists)")
              + f", seed {s['seed']}" + (f", near-duplicates grouped at {s['group_duplicates']}"
                                         if s["group_duplicates"] else ""))
-    window = f"; intensity window {p['window']}" if p["window"] is not None else ""
+    window = (f"; CT scans (DICOM, NIfTI, MetaImage) mapped from HU by the window width, level {p['window']} "
+              "(8-bit images are used as they are)" if p["window"] is not None else "")
     lines += ["", "## Split and preprocessing", "", f"{split}. Images resized to {p['image_size']} x "
               f"{p['image_size']} px (bilinear), gray scaled to [0, 1], replicated to 3 channels, ImageNet "
               f"mean/std normalised{window}.", "",
