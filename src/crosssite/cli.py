@@ -15,6 +15,7 @@ from .config import TrainConfig, load_config
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError
+from .metrics import format_metrics
 from .runtime import ensure_malloc_tuning
 
 
@@ -131,15 +132,6 @@ def config_from_args(args) -> TrainConfig:
     return config.replace(**setting_changes(args))
 
 
-def format_metrics(per_site: dict[str, dict]) -> str:
-    from .evaluate import METRIC_NAMES as names
-    width = max(len(s) for s in per_site) + 2
-    lines = ["site".ljust(width) + "".join(n.rjust(12) for n in names) + "n".rjust(6)]
-    for site, m in per_site.items():
-        lines.append(site.ljust(width) + "".join(f"{100 * m[n]:11.2f}%" for n in names) + str(m["n"]).rjust(6))
-    return "\n".join(lines)
-
-
 def cmd_train(args) -> None:
     from .train import train
 
@@ -179,61 +171,20 @@ def cmd_demo(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .checkpoint import load_checkpoint, method_from_checkpoint
-    from .data.images import DecodedCache
-    from .data.sites import load_sites
-    from .distributed import device
-    from .data.splits import load_splits, make_splits
-    from .predict import site_index
-    from .scans import describe, level_metrics
-    from .train import RunData, evaluate_part
+    from .evaluate import evaluate_checkpoint
 
-    payload = load_checkpoint(Path(args.checkpoint))
-    method, config, site_names = method_from_checkpoint(payload, args.checkpoint)
-    method.to(device(args.device))
-    data_dir = args.data or config.data
-    sites = load_sites(Path(data_dir) if data_dir else None, args.sites if args.sites is not None else config.sites,
-                       config.slices)
-    # which of the model's sites predicts for each loaded site; unknown sites only with --as-site
-    bn_sites = {n: site_names.index(n) for n in sites if n in site_names}
-    if args.as_site is not None:
-        as_index = site_index(site_names, args.as_site, Path(args.checkpoint))
-        bn_sites.update({n: as_index for n in sites if n not in site_names})
-    named = [arg.partition("=")[0].strip() for arg in args.sites or []]
-    unknown = [n for n in named if n not in bn_sites] or ([] if bn_sites else list(sites))
-    if unknown:  # raises: says to adapt the site first or to pass --as-site
-        site_index(site_names, unknown[0], Path(args.checkpoint))
-    sites = {n: sites[n] for n in bn_sites}
-    split_file = Path(args.split_file) if args.split_file else Path(args.checkpoint).parent / "split.json"
-    fold = config.fold if args.fold is None else args.fold
-    if args.part == "all":
-        splits, source = {n: {"all": list(range(len(s)))} for n, s in sites.items()}, "every image of each site"
-    elif args.fold is None and split_file.exists():
-        splits, source = load_splits(split_file, sites), str(split_file)
-    else:
-        splits, source = {}, ""
-    rest = {n: s for n, s in sites.items() if n not in splits}  # sites the saved split does not hold
-    if rest:
-        splits.update(make_splits(rest, config.split, fold, config.folds, config.seed, config.group_duplicates))
-        source = "; ".join(filter(None, [source, f"{', '.join(rest)}: {config.split} split, fold {fold}, "
-                                                  f"seed {config.seed}"]))
-    as_note = {n: site_names[i] for n, i in bn_sites.items() if n not in site_names}
-    if as_note:
-        source += "; batch norms: " + ", ".join(f"{n} as {k}" for n, k in as_note.items())
-    data = RunData(sites, splits, DecodedCache(config.image_size, config.window))
-    per_site, rows = evaluate_part(method, data, args.part, args.batch_size, bn_sites, compile=args.compile)
-    levels = level_metrics(rows, args.aggregate, args.top_k)
+    result = evaluate_checkpoint(args.checkpoint, args.part, args.data, args.sites, args.split_file, args.fold,
+                                 args.as_site, args.batch_size, compile=args.compile, device=args.device,
+                                 how=args.aggregate, top_k=args.top_k)
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "part": args.part, "split": source, "sites": per_site,
-                          "aggregate": describe(args.aggregate, args.top_k), "scans": levels["scan"],
-                          "patients": levels["patient"]}))
-    else:
-        print(f"{args.part} metrics of {args.checkpoint} ({source}):")
-        print(format_metrics(per_site))
-        for level, per_group in levels.items():
-            if per_group:
-                print(f"{level}-level ({describe(args.aggregate, args.top_k)}, n = {level}s):")
-                print(format_metrics(per_group))
+        print(json.dumps(result))
+        return
+    print(f"{args.part} metrics of {args.checkpoint} ({result['split']}):")
+    print(format_metrics(result["sites"]))
+    for level, per_group in (("scan", result["scans"]), ("patient", result["patients"])):
+        if per_group:
+            print(f"{level}-level ({result['aggregate']}, n = {level}s):")
+            print(format_metrics(per_group))
 
 
 def cmd_predict(args) -> None:

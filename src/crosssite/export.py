@@ -40,9 +40,9 @@ from .data.sampling import eval_batches
 from .data.sites import SAMPLE_DATA, is_image
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from .errors import CheckpointError, CrossSiteError
-from .evaluate import predict_proba
-from .inference import fold_batch_norms, site_network
+from .inference import fold_batch_norms, predict_proba, site_network
 from .io import atomic_write
+from .metrics import is_covid
 from .models.layers import as_torch_layers
 from .models.site_bn import SiteBatchNorm
 from .predict import site_index
@@ -323,7 +323,7 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
         exported = np.concatenate([p_covid(run(to_tensor(images[idx]).numpy())[0])
                                    for idx in eval_batches(len(images), batch_size)])
         diff = float(np.abs(exported - reference).max())
-        flips = int(((exported >= 0.5) != (reference >= 0.5)).sum())
+        flips = int((is_covid(exported) != is_covid(reference)).sum())
         if diff > TOLERANCE or flips:
             raise CrossSiteError(
                 f"{out}: not written: the {fmt} export disagrees with PyTorch on {source}: max |P(COVID) "

@@ -21,7 +21,8 @@ from .data.sampling import eval_batches
 from .data.transforms import to_tensor
 from .errors import CrossSiteError
 from .io import atomic_write
-from .predict import LABEL_NAMES, expand_inputs, site_index
+from .metrics import LABEL_NAMES, label_name
+from .predict import expand_inputs, site_index
 
 COVID = 1
 
@@ -72,8 +73,7 @@ def draw_overlay(ax, result: dict, title: str) -> None:
 
 
 def prediction_title(result: dict) -> str:
-    label = LABEL_NAMES[int(result["p_covid"] >= 0.5)]
-    return f"{result['path'].name}\npredicted {label}, P(COVID)={result['p_covid']:.3f}"
+    return f"{result['path'].name}\npredicted {label_name(result['p_covid'])}, P(COVID)={result['p_covid']:.3f}"
 
 
 def save_figure(fig: Figure, path: Path) -> None:

@@ -24,11 +24,11 @@ from .data.volumes import find_scans, is_scan_path, scan_slices
 from .data.transforms import to_tensor
 from .distributed import device as resolve_device
 from .errors import CrossSiteError, DataError
-from .evaluate import predict_proba
+from .inference import predict_proba
+from .metrics import label_name
 from .models.site_bn import SiteBatchNorm
 from .scans import TOP_K, aggregate, describe
 
-LABEL_NAMES = {0: "NonCOVID", 1: "COVID"}
 AUTO = "auto"
 
 
@@ -141,10 +141,10 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
     probs = iter(np.asarray(predict_proba(method, batch, index, batch_size, compile=compile)).tolist())
     rows = []
     for scan, paths in inputs:
-        row = [{"path": str(p), "p_covid": q, "label": LABEL_NAMES[int(q >= 0.5)]} for p, q in zip(paths, probs)]
+        row = [{"path": str(p), "p_covid": q, "label": label_name(q)} for p, q in zip(paths, probs)]
         if scan is not None:
             p_scan = aggregate([r["p_covid"] for r in row], how, top_k)
-            row = [{"path": scan, "p_covid": p_scan, "label": LABEL_NAMES[int(p_scan >= 0.5)],
+            row = [{"path": scan, "p_covid": p_scan, "label": label_name(p_scan),
                     "aggregate": describe(how, top_k), "slices": row}]
         rows += [{**r, **extra} for r in row]
     return rows

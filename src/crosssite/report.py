@@ -25,7 +25,7 @@ from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .errors import CrossSiteError
-from .evaluate import METRIC_NAMES
+from .metrics import METRIC_NAMES, is_covid
 from .io import atomic_write_text
 from .stats import BOOTSTRAP_REPLICATES, bootstrap_auc, paired_difference, percentile_interval
 from .sweep import PROVENANCE, ROW_BY_NAME, Row, job_name, planned_names, read_results, read_sweep_settings
@@ -396,8 +396,8 @@ def gradcam_figures(res: SweepResults, examples: int) -> tuple[dict[str, Figure]
         here = [r for r in rows if r["site"] == site]
         unreadable += [r["path"] for r in here if not Path(r["path"]).is_file()]
         here = [r for r in here if Path(r["path"]).is_file()]
-        correct = [r for r in here if (float(r["p_covid"]) >= 0.5) == (r["label"] == "1")][:examples]
-        wrong = [r for r in here if (float(r["p_covid"]) >= 0.5) != (r["label"] == "1")][:examples]
+        correct = [r for r in here if is_covid(float(r["p_covid"])) == (r["label"] == "1")][:examples]
+        wrong = [r for r in here if is_covid(float(r["p_covid"])) != (r["label"] == "1")][:examples]
         fig = Figure(figsize=(3 * examples, 6.6))
         axes = fig.subplots(2, examples, squeeze=False)
         for line, (kind, chosen) in enumerate((("correctly classified", correct), ("misclassified", wrong))):
