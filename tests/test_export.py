@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from crosssite import export
-from crosssite.checkpoint import load_checkpoint, method_from_checkpoint
+from crosssite.checkpoint import load_trained
 from crosssite.cli import main
 from crosssite.data.images import DecodedCache
 from crosssite.data.transforms import to_tensor
@@ -17,9 +17,9 @@ from crosssite.inference import predict_proba
 
 def _check_batch(run, site):
     paths, _ = export.check_images(run / "best.pt", site)
-    method, config, names = method_from_checkpoint(load_checkpoint(run / "best.pt"))
-    images = DecodedCache(config.image_size).eval_batch(paths)
-    return images, predict_proba(method, images, names.index(site)), method, names
+    trained = load_trained(run / "best.pt")
+    images = DecodedCache(trained.config.image_size).eval_batch(paths)
+    return images, predict_proba(trained.method, images, trained.site_index(site)), trained.method, trained.site_names
 
 
 def test_pooling_matrices_equal_adaptive_pooling():
@@ -29,7 +29,7 @@ def test_pooling_matrices_equal_adaptive_pooling():
 
 
 def test_statistics_outputs_are_the_batch_norm_outputs(tiny_run):
-    method, _, _ = method_from_checkpoint(load_checkpoint(tiny_run / "best.pt"))
+    method = load_trained(tiny_run / "best.pt").method
     model, statistics = export.export_network(method, 1)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():

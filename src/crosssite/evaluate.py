@@ -11,14 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, method_from_checkpoint
+from .checkpoint import load_trained
 from .data.images import DecodedCache
 from .data.sites import Site, load_sites
 from .data.splits import load_splits, make_splits
-from .distributed import device as resolve_device
 from .inference import predict_proba
 from .metrics import site_metrics
-from .predict import site_index
 from .scans import TOP_K, describe, level_metrics
 
 
@@ -79,21 +77,20 @@ def evaluate_checkpoint(checkpoint: str, part: str = "test", data: str | None = 
     `crosssite evaluate --json` prints: checkpoint, part, split (where it came from), sites, aggregate,
     scans, patients.
     """
-    payload = load_checkpoint(Path(checkpoint))
-    method, config, site_names = method_from_checkpoint(payload, checkpoint)
-    method.to(resolve_device(device))
+    trained = load_trained(checkpoint, device)
+    config, site_names = trained.config, trained.site_names
     data_dir = data or config.data
     loaded = load_sites(Path(data_dir) if data_dir else None, sites if sites is not None else config.sites,
                         config.slices)
     # which of the model's sites predicts for each loaded site; unknown sites only with as_site
     bn_sites = {n: site_names.index(n) for n in loaded if n in site_names}
     if as_site is not None:
-        as_index = site_index(site_names, as_site, Path(checkpoint))
+        as_index = trained.site_index(as_site)
         bn_sites.update({n: as_index for n in loaded if n not in site_names})
     named = [arg.partition("=")[0].strip() for arg in sites or []]
     unknown = [n for n in named if n not in bn_sites] or ([] if bn_sites else list(loaded))
     if unknown:  # raises: says to adapt the site first or to pass --as-site
-        site_index(site_names, unknown[0], Path(checkpoint))
+        trained.site_index(unknown[0])
     loaded = {n: loaded[n] for n in bn_sites}
     split_path = Path(split_file) if split_file else Path(checkpoint).parent / "split.json"
     fold_used = config.fold if fold is None else fold
@@ -112,7 +109,7 @@ def evaluate_checkpoint(checkpoint: str, part: str = "test", data: str | None = 
     if as_note:
         source += "; batch norms: " + ", ".join(f"{n} as {k}" for n, k in as_note.items())
     run = RunData(loaded, splits, DecodedCache(config.image_size, config.window))
-    per_site, rows = evaluate_part(method, run, part, batch_size, bn_sites, compile=compile)
+    per_site, rows = evaluate_part(trained.method, run, part, batch_size, bn_sites, compile=compile)
     levels = level_metrics(rows, how, top_k)
     return {"checkpoint": checkpoint, "part": part, "split": source, "sites": per_site,
             "aggregate": describe(how, top_k), "scans": levels["scan"], "patients": levels["patient"]}

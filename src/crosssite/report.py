@@ -380,7 +380,7 @@ def roc_figure(pooled: dict[str, dict], site: str) -> Figure:
 def gradcam_figures(res: SweepResults, examples: int) -> tuple[dict[str, Figure], str]:
     """Per site a figure of Grad-CAM overlays (row 1 correct, row 2 wrong) from the first finished
     contrastive job with a best.pt, and a sentence saying which job it is (or why there is none)."""
-    from .checkpoint import load_checkpoint, method_from_checkpoint
+    from .checkpoint import load_trained
     from .gradcam import draw_overlay, explain
 
     jobs = [j for j in res.ok(OURS) if (res.folder / j["folder"] / "best.pt").is_file()]
@@ -388,7 +388,7 @@ def gradcam_figures(res: SweepResults, examples: int) -> tuple[dict[str, Figure]
         return {}, f"No Grad-CAM figures: no finished `{OURS}` job with its best.pt in {res.folder / 'jobs'}."
     job = jobs[0]
     checkpoint = res.folder / job["folder"] / "best.pt"
-    method, config, site_names = method_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+    trained = load_trained(checkpoint)
     with open(res.folder / job["folder"] / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     figures, unreadable = {}, []
@@ -401,7 +401,8 @@ def gradcam_figures(res: SweepResults, examples: int) -> tuple[dict[str, Figure]
         fig = Figure(figsize=(3 * examples, 6.6))
         axes = fig.subplots(2, examples, squeeze=False)
         for line, (kind, chosen) in enumerate((("correctly classified", correct), ("misclassified", wrong))):
-            results = explain(method, config, site_names.index(site), [Path(r["path"]) for r in chosen]) if chosen else []
+            results = explain(trained.method, trained.config, trained.site_index(site),
+                              [Path(r["path"]) for r in chosen]) if chosen else []
             for ax, r, result in zip(axes[line], chosen, results):
                 truth = "COVID" if r["label"] == "1" else "NonCOVID"
                 draw_overlay(ax, result, f"{result['path'].name}\ntrue {truth}, P(COVID)={result['p_covid']:.3f}")

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_trained, save_checkpoint
 from .config import EXECUTION_SETTINGS, TrainConfig, load_config, save_config
 from .data.images import DecodedCache
 from .data.sampling import epoch_batches
@@ -283,11 +283,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
 
 def test_best(config: TrainConfig, data: RunData, out: Path, device: str = "auto") -> dict:
     """Evaluate best.pt on the test part and write metrics.json and predictions.csv."""
-    best = load_checkpoint(out / "best.pt", expect_method=config.method)
-    method = create_method(config.method, len(data.sites), config)
-    method.load_state_dict(best["model"])
-    method.to(distributed.device(device))
-    per_site, rows = evaluate_part(method, data, "test", config.eval_batch_size)
+    trained = load_trained(out / "best.pt", device, expect_method=config.method)
+    best = trained.payload
+    per_site, rows = evaluate_part(trained.method, data, "test", config.eval_batch_size)
     metrics = {
         "method": config.method,
         "backbone": config.backbone,
