@@ -239,14 +239,15 @@ def cmd_adapt(args) -> None:
 
 def cmd_sweep(args) -> None:
     from .presets import get_preset
-    from .sweep import parse_row_seeds, run_sweep, select_rows
+    from .paper import select_rows
+    from .sweep import parse_row_seeds, run_sweep
 
     preset = get_preset(args.preset)
     config = preset.config.replace(**setting_changes(args))
     if config.data is None and not config.sites:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH")
     seeds = preset.seeds if args.seeds is None else args.seeds
-    rows = select_rows(args.methods)
+    rows = select_rows(args.rows)
     command = shlex.join(["crosssite", *sys.argv[1:]])
     records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, jobs=args.jobs,
                         devices=args.devices, row_seeds=parse_row_seeds(args.row_seeds, rows, seeds), command=command)
@@ -348,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     card.set_defaults(func=cmd_card)
 
     from .presets import PRESETS
-    from .sweep import ROW_GROUPS, ROWS
+    from .paper import ROW_GROUPS, ROWS
 
     sweep = sub.add_parser("sweep", help="train every Table I job (rows x folds x seeds); restart to resume")
     sweep.add_argument(
@@ -356,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="base settings, which flags override: " + "; ".join(f"{k}: {p.about}" for k, p in PRESETS.items()),
     )
     sweep.add_argument(
-        "--methods", nargs="+", default=["all"], metavar="ROW",
-        help="rows, comma or space separated: a group (" + ", ".join(ROW_GROUPS) + "; default all) or rows: "
+        "--rows", "--methods", dest="rows", nargs="+", default=["all"], metavar="ROW",
+        help="rows (--methods is an alias), comma or space separated: a group (" + ", ".join(ROW_GROUPS) + "; default all) or rows: "
         + ", ".join(r.name for r in ROWS),
     )
     sweep.add_argument("--seeds", type=int, help="number of seeds, run as 0..N-1 (default: the preset's)")

@@ -25,23 +25,12 @@ from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .errors import CrossSiteError
-from .metrics import METRIC_NAMES, is_covid
+from .metrics import is_covid
 from .io import atomic_write_text
 from .stats import BOOTSTRAP_REPLICATES, bootstrap_auc, paired_difference, percentile_interval
-from .sweep import PROVENANCE, ROW_BY_NAME, Row, job_name, planned_names, read_results, read_sweep_settings
+from .paper import COMPARED_METRIC, COMPARISONS, FIG3_PANELS, OURS, ROW_BY_NAME, TABLE1_METRICS, Row, planned_names
+from .sweep import PROVENANCE, job_name, read_results, read_sweep_settings
 
-METRICS = METRIC_NAMES[:5]  # Table I of the paper: all but specificity
-TESTED_METRIC = "auc"
-OURS = "contrastive"
-#: Table II: the paper's method against the baselines; Table III: against the comparison methods
-TABLE2 = ("single-redesign", "joint-redesign", "sepnorm")
-TABLE3 = ("series-adapter", "parallel-adapter", "ms-net")
-#: Fig. 3's panels: (title, rows)
-PANELS = (
-    ("(a) Single and Joint, both backbones", ("single-covidnet", "single-redesign", "joint-covidnet", "joint-redesign")),
-    ("(b) Contrastive vs Single and Joint", (OURS, "single-redesign", "joint-redesign")),
-    ("(c) Contrastive vs comparison methods", (OURS, *TABLE3)),
-)
 GRADCAM_EXAMPLES = 4  # correctly and wrongly classified test images per site in Figs. 4/5
 
 
@@ -88,7 +77,7 @@ def table1(res: SweepResults) -> list[dict]:
     for row in res.rows:
         jobs = res.ok(row.name)
         for site in res.sites:
-            for metric in METRICS:
+            for metric in TABLE1_METRICS:
                 values = [100 * j["sites"][site][metric] for j in jobs if site in j["sites"]]
                 values = [v for v in values if not math.isnan(v)]
                 entries.append(
@@ -124,7 +113,7 @@ def _cell(e: dict, latex: bool) -> str:
 
 def _table1_grid(res: SweepResults, entries: list[dict], site: str, latex: bool) -> list[list[str]]:
     cells = {(e["row"], e["metric"]): _cell(e, latex) for e in entries if e["site"] == site}
-    return [[r.display] + [cells[r.name, m] for m in METRICS] for r in res.rows if r.group != "grouped"]
+    return [[r.display] + [cells[r.name, m] for m in TABLE1_METRICS] for r in res.rows if r.group != "grouped"]
 
 
 # ---- test AUC of the chosen, final and last-k epochs, with patient-bootstrap intervals ----------
@@ -230,7 +219,7 @@ def paired_tests(res: SweepResults, comparisons: list[tuple[str, str]], aucs: di
                          if x and y and not (math.isnan(x[0]) or math.isnan(y[0]))]
                 tests.append({
                     "comparison": f"{ROW_BY_NAME[a].display} vs {ROW_BY_NAME[b].display}",
-                    "row": b, "site": site, "metric": TESTED_METRIC, "epoch": choice,
+                    "row": b, "site": site, "metric": COMPARED_METRIC, "epoch": choice,
                     **paired_difference([x for x, _ in pairs], [y for _, y in pairs]),
                 })
     return tests
@@ -359,8 +348,8 @@ def pooled_predictions(res: SweepResults, row: str) -> dict[str, tuple[np.ndarra
 def roc_figure(pooled: dict[str, dict], site: str) -> Figure:
     """Fig. 3 for one site; `pooled` maps row name -> `pooled_predictions` of that row."""
     fig = Figure(figsize=(15, 4.8))
-    axes = fig.subplots(1, len(PANELS))
-    for ax, (title, rows) in zip(axes, PANELS):
+    axes = fig.subplots(1, len(FIG3_PANELS))
+    for ax, (title, rows) in zip(axes, FIG3_PANELS):
         for name in rows:
             labels, probs = pooled.get(name, {}).get(site, ([], []))
             if len(set(labels)) < 2:
@@ -452,7 +441,7 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
 
     entries = table1(res)
     atomic_write_text(tables / "table1.csv", _csv(entries))
-    header = ["Method"] + [m.capitalize() if m != "auc" else "AUC" for m in METRICS]
+    header = ["Method"] + [m.capitalize() if m != "auc" else "AUC" for m in TABLE1_METRICS]
     latex = []
     md += ["## Table I: test metrics per site", "",
            "Mean ± sample standard deviation (ddof=1) over folds x seeds, in %; best mean per column in bold; "
@@ -480,20 +469,15 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
         md += [f"### Site {site}", "", _markdown(["Method", *EPOCH_CHOICES.values()], _robust_grid(robust, site, non_grouped))]
 
     said = []
-    for number, stem, comparisons, title in (
-        ("II", "table2", [(OURS, r) for r in TABLE2], "contrastive vs Single, Joint and SepNorm"),
-        ("III", "table3", [(OURS, r) for r in TABLE3], "contrastive vs the comparison methods"),
-        ("A", "ablations", [(r.name, OURS) for r in res.rows if r.group == "ablation"],
-         "ablations of the contrastive method vs the method as published"),
-    ):
+    for number, stem, comparisons, title in COMPARISONS:
         tests = paired_tests(res, comparisons, aucs)
         said += verdicts(tests)
         atomic_write_text(tables / f"{stem}.csv", _csv(tests))
         grid = _tests_grid(res, tests)
-        caption = f"Paired differences of test {TESTED_METRIC.upper()}, {title}"
+        caption = f"Paired differences of test {COMPARED_METRIC.upper()}, {title}"
         atomic_write_text(tables / f"{stem}.tex", _latex(_tests_header(res), grid, caption))
         md += [f"## Table {number}: {caption}", "",
-               f"Mean paired difference (first row minus second) of per-job test {TESTED_METRIC.upper()} in "
+               f"Mean paired difference (first row minus second) of per-job test {COMPARED_METRIC.upper()} in "
                "points, jobs paired by (fold, seed), [95 % t-interval], p of SciPy `ttest_rel`, (n pairs); "
                "n/a where fewer than 2 pairs exist. Pairs that share a fold share a test set, so the "
                "interval treats seeds of one fold as independent: read it as optimistic.", "",
