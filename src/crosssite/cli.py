@@ -16,54 +16,15 @@ from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError
 from .metrics import format_metrics
+from .presets import PRESETS, get_preset
 from .runtime import ensure_malloc_tuning
 
 
-def parse_window(text: str) -> list[float]:
-    """--window W,L -> [W, L] (argparse turns the ValueError into a one-line usage error)."""
-    width, level = (float(v) for v in text.split(","))
-    return [width, level]
-
-
-# flags of `train` that set a TrainConfig field: (flag, field, type, help)
-SETTING_FLAGS = [
-    ("--method", "method", str, "single, joint, sepnorm, contrastive, series-adapter, parallel-adapter, ms-net"),
-    ("--backbone", "backbone", str, "covidnet or covidnet-redesign (single and joint take both)"),
-    ("--data", "data", str, "folder holding the sites' original layouts (e.g. ../shared/data)"),
-    ("--split", "split", str, "'fold' (stratified, patient-grouped k-fold) or 'official' (COVID-CT's split)"),
-    ("--fold", "fold", int, "test fold index"),
-    ("--folds", "folds", int, "number of cross-validation folds"),
-    ("--seed", "seed", int, "random seed (splits, initialisation, sampling, augmentation)"),
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--batch-per-site", "batch_per_site", int, "images per site in a step"),
-    ("--image-size", "image_size", int, "input size in pixels, a multiple of 16 (224 = paper)"),
-    ("--width", "width", float, "channel multiplier of the backbone (1.0 = paper)"),
-    ("--lr", "lr", float, "Adam learning rate (cosine-annealed to 0)"),
-    ("--weight-decay", "weight_decay", float, "Adam weight decay"),
-    ("--grad-clip", "grad_clip", float, "gradient-norm clipping"),
-    ("--temperature", "temperature", float, "NT-Xent temperature"),
-    ("--alpha", "alpha", float, "weight of the contrastive loss"),
-    ("--projection-head", "projection_head", str,
-     "end of the contrastive projection head: bn-relu (reference code) or linear (ablation)"),
-    ("--kd-temperature", "kd_temperature", float, "ms-net: temperature of the knowledge transfer (KL) term"),
-    ("--kd-weight", "kd_weight", float, "ms-net: universal head loss = (1 - w) CE + w KL"),
-    ("--group-duplicates", "group_duplicates", float,
-     "fold split: group near-duplicate images (thumbnail correlation >= this, e.g. 0.95) so none straddles parts"),
-    ("--eval-batch-size", "eval_batch_size", int, "batch size for validation and test"),
-    ("--tail-epochs", "tail_epochs", int,
-     "test predictions of the last K epochs are kept (tail_predictions.csv) for the report; never for selection"),
-    ("--window", "window", parse_window, "CT scans: HU window WIDTH,LEVEL (default 1500,-600: lung)"),
-    ("--slices", "slices", str, "CT scans: 'all' or START:STOP[:STEP] of each scan's slices, e.g. '::4' (every 4th)"),
-    ("--out", "out", str, "run folder"),
-    ("--precision", "precision", str, "fp32, or bf16 (autocast; CUDA GPUs only)"),
-    ("--save-every", "save_every", int, "write last.pt (the resume state) every K epochs and after the last"),
-]
 DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
 COMPILE_HELP = (
     "torch.compile the network first (~15 s at 224 px on 2 CPU cores; pays only for thousands of images, "
     "see README Speed)"
 )
-assert {f for _, f, _, _ in SETTING_FLAGS} | {"sites", "pepx_relu", "cuda_graphs"} == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def positive_int(text: str) -> int:
@@ -80,14 +41,37 @@ def path_text(text: str) -> str:
     return text
 
 
+def registry_help(name: str) -> str:
+    """--method and --backbone list what the registries hold (a new method or backbone shows up itself)."""
+    from .methods import METHODS
+    from .models import MODELS
+
+    if name == "method":
+        return ", ".join(METHODS)
+    both = [m for m, cls in METHODS.items() if len(cls.backbones) > 1]
+    return f"{' or '.join(MODELS)} ({' and '.join(both)} take {'both' if len(MODELS) == 2 else 'all'})"
+
+
+SETTINGS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def add_setting_flag(parser: argparse.ArgumentParser, name: str) -> None:
+    """The flag of TrainConfig field `name`, from its `setting` metadata (crosssite.config)."""
+    meta = SETTINGS[name].metadata
+    flag = meta.get("flag", "--" + name.replace("_", "-"))
+    help_text = f"{meta['help']}: {registry_help(name)}" if name in ("method", "backbone") else meta["help"]
+    kind = SETTINGS[name].type
+    if "action" in meta:
+        parser.add_argument(flag, dest=name, action=meta["action"], metavar=meta.get("metavar"), help=help_text)
+    elif kind == "bool":
+        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    else:
+        parse = meta.get("parse") or {"int": int, "float": float, "float | None": float}.get(kind, str)
+        parser.add_argument(flag, dest=name, type=parse, default=None, help=help_text)
+
+
 def add_site_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--site",
-        dest="sites",
-        action="append",
-        metavar="NAME=PATH",
-        help="add a site (or override a discovered one); repeatable",
-    )
+    add_setting_flag(parser, "sites")
 
 
 def add_aggregate_flags(parser: argparse.ArgumentParser) -> None:
@@ -100,30 +84,15 @@ def add_aggregate_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
-    """The TrainConfig flags (all but the fields in `exclude`), --site and --pepx-relu."""
-    for flag, field, typ, help_text in SETTING_FLAGS:
-        if field not in exclude:
-            parser.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
-    add_site_flag(parser)
-    parser.add_argument(
-        "--pepx-relu", action=argparse.BooleanOptionalAction, default=None, help="ReLU inside PEPX blocks"
-    )
-    parser.add_argument(
-        "--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-        help="on a CUDA GPU, replay each training step as one CUDA graph (default: on; never on a CPU)",
-    )
+    """A flag for every TrainConfig field but those in `exclude`."""
+    for name in SETTINGS:
+        if name not in exclude:
+            add_setting_flag(parser, name)
 
 
 def setting_changes(args) -> dict:
     """The TrainConfig fields set on the command line (flags added by `add_setting_flags`)."""
-    changes = {f: getattr(args, f) for _, f, _, _ in SETTING_FLAGS if getattr(args, f, None) is not None}
-    if args.sites is not None:
-        changes["sites"] = args.sites
-    if args.pepx_relu is not None:
-        changes["pepx_relu"] = args.pepx_relu
-    if args.cuda_graphs is not None:
-        changes["cuda_graphs"] = args.cuda_graphs
-    return changes
+    return {name: getattr(args, name) for name in SETTINGS if getattr(args, name, None) is not None}
 
 
 def config_from_args(args) -> TrainConfig:
@@ -152,16 +121,7 @@ def cmd_train(args) -> None:
 def cmd_demo(args) -> None:
     from .train import train
 
-    config = TrainConfig(
-        method="contrastive",
-        data=str(SAMPLE_DATA),
-        epochs=args.epochs,
-        batch_per_site=8,
-        image_size=64,
-        width=0.25,
-        lr=1e-3,
-        out=args.out,
-    )
+    config = get_preset("demo").config.replace(epochs=args.epochs, out=args.out)
     print(f"demo: contrastive cross-site training on the shipped sample ({SAMPLE_DATA}),")
     print(f"      {config.epochs} epochs at {config.image_size} px, width {config.width}; run folder {config.out}")
     metrics = train(config, resume=(Path(config.out) / "config.yaml").exists(), progress=not args.quiet)
@@ -238,7 +198,6 @@ def cmd_adapt(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .presets import get_preset
     from .paper import select_rows
     from .sweep import parse_row_seeds, run_sweep
 
@@ -297,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     demo = sub.add_parser("demo", help="a short real training + evaluation on the shipped sample")
-    demo.add_argument("--out", default="runs/demo", type=path_text)
-    demo.add_argument("--epochs", type=int, default=20)
+    demo_config = get_preset("demo").config
+    demo.add_argument("--out", default=demo_config.out, type=path_text)
+    demo.add_argument("--epochs", type=int, default=demo_config.epochs)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
@@ -348,7 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("run", help="a run folder (train --out, or the demo's runs/demo)")
     card.set_defaults(func=cmd_card)
 
-    from .presets import PRESETS
     from .paper import ROW_GROUPS, ROWS
 
     sweep = sub.add_parser("sweep", help="train every Table I job (rows x folds x seeds); restart to resume")
