@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from crosssite.adapt import estimate_bn_statistics
-from crosssite.checkpoint import load_checkpoint, method_from_checkpoint, save_checkpoint
+from crosssite.checkpoint import load_checkpoint, load_trained, save_checkpoint
 from crosssite.cli import SAMPLE_DATA, main
 from crosssite.data.images import DecodedCache
 from crosssite.models.site_bn import SiteBatchNorm
@@ -63,7 +63,8 @@ def test_only_the_new_sites_bn_buffers_are_new(ckpt, adapted, flat_folder):
 
 
 def test_adabn_statistics_are_the_images_statistics(ckpt):
-    method, config, _ = method_from_checkpoint(load_checkpoint(ckpt), ckpt)
+    trained = load_trained(ckpt)
+    method, config = trained.method, trained.config
     paths = sorted((SAMPLE_DATA / "covid-ct" / "CT_COVID").iterdir())
     images = DecodedCache(config.image_size).eval_batch(paths)
     first = next(m for m in method.modules() if isinstance(m, SiteBatchNorm))
@@ -101,8 +102,8 @@ def test_unknown_site_error_says_adapt(ckpt, flat_folder, capsys):
 def settled(ckpt):
     """The sepnorm checkpoint with each site's statistics estimated on all its images (as after long
     training; three tiny epochs leave the running averages close to their initial values)."""
-    payload = load_checkpoint(ckpt)
-    method, config, names = method_from_checkpoint(payload, ckpt)
+    trained = load_trained(ckpt)
+    method, config, names = trained.method, trained.config, trained.site_names
     cache = DecodedCache(config.image_size)
     for index, name in enumerate(names):
         estimate_bn_statistics(method, index, cache.eval_batch(sorted((SAMPLE_DATA / name).glob("*/*.png"))))

@@ -8,9 +8,9 @@ import warnings
 import pytest
 import torch
 
-from crosssite.checkpoint import load_checkpoint, method_from_checkpoint, save_checkpoint
+from crosssite.checkpoint import load_checkpoint, load_trained, save_checkpoint
 from crosssite.config import TrainConfig
-from crosssite.errors import CheckpointError
+from crosssite.errors import CheckpointError, CrossSiteError
 from crosssite.methods import create_method
 
 CONFIG = TrainConfig(image_size=32, width=0.125)
@@ -52,7 +52,7 @@ def test_checkpoint_with_a_bad_config_is_refused(saved):
     payload["config"]["epochs"] = "ten"
     torch.save(payload, saved)
     with pytest.raises(CheckpointError, match="unusable checkpoint .*epochs"):
-        method_from_checkpoint(load_checkpoint(saved), saved)
+        load_trained(saved)
 
 
 def test_a_save_that_fails_for_lack_of_space_keeps_the_old_file(saved):
@@ -79,3 +79,30 @@ def test_a_save_that_fails_for_lack_of_space_keeps_the_old_file(saved):
     assert done.stdout.startswith(f"{saved}: cannot write") and done.stdout.count("\n") == 1
     assert saved.read_bytes() == before
     assert sorted(p.name for p in saved.parent.iterdir()) == ["ok.pt"]  # no temporary file left
+
+
+def test_load_trained_rebuilds_the_method_and_resolves_sites(saved):
+    original = create_method("joint", 2, CONFIG)
+    original.load_state_dict(torch.load(saved, weights_only=True)["model"])
+    trained = load_trained(saved, "cpu", expect_method="joint")
+    assert trained.config == CONFIG and trained.site_names == ["a", "b"] and trained.payload["epoch"] == 1
+    assert not trained.method.training
+    for key, value in original.state_dict().items():
+        assert torch.equal(trained.method.state_dict()[key], value)
+    assert trained.site_index("b") == 1
+    with pytest.raises(CrossSiteError, match=r"unknown site 'c'; this checkpoint knows a, b\..*crosssite adapt"):
+        trained.site_index("c")
+    with pytest.raises(CheckpointError, match="expected 'sepnorm'"):
+        load_trained(saved, expect_method="sepnorm")
+
+
+def test_add_site_grows_every_site_batch_norm(tmp_path):
+    method = create_method("sepnorm", 2, CONFIG)
+    before = [bn.weight.clone() for bn in method.site_batch_norms(1)]
+    assert method.add_site() == 2 and method.num_sites == 3
+    assert len(method.site_batch_norms(2)) == len(before) > 0
+    assert all(torch.equal(b.weight, w) for b, w in zip(method.site_batch_norms(1), before))
+    method.eval()
+    assert method.predict(torch.randn(2, 3, 32, 32), 2).shape == (2, 2)
+    with pytest.raises(ValueError, match="no site batch norm"):
+        create_method("joint", 2, CONFIG).add_site()

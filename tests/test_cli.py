@@ -1,11 +1,13 @@
 """The command line as a user meets it: train, evaluate, predict, and one-line errors."""
 
+import dataclasses
 import json
 
 import pytest
 import yaml
 
 from crosssite.cli import SAMPLE_DATA, main
+from crosssite.config import TrainConfig
 
 TINY_FLAGS = ["--image-size", "32", "--width", "0.125", "--batch-per-site", "8", "--lr", "1e-3", "--quiet"]
 
@@ -197,3 +199,41 @@ def test_bf16_on_a_cpu_and_bad_gpu_settings_are_clear_errors(tmp_path, capsys):
     assert not (tmp_path / "a").exists()  # refused before anything was written
     assert "precision" in error_of(capsys, args + ["--precision", "fp8", "--out", str(tmp_path / "b")])
     assert "save_every" in error_of(capsys, args + ["--save-every", "0", "--out", str(tmp_path / "c")])
+
+
+def test_every_setting_has_one_flag_built_from_its_field(capsys):
+    """A TrainConfig field is its flag: name, type and help come from the field (crosssite.config.setting)."""
+    from crosssite.cli import build_parser, config_from_args
+    from crosssite.methods import METHODS
+    from crosssite.models import MODELS
+
+    fields = dataclasses.fields(TrainConfig)
+    assert all(f.metadata["help"] for f in fields)
+    changed = TrainConfig(method="sepnorm", backbone="covidnet", data="d", sites=["x=p", "y=q"], split="official",
+                          fold=1, folds=3, seed=2, epochs=5, batch_per_site=4, image_size=48, width=0.5,
+                          pepx_relu=True, lr=0.01, weight_decay=0.1, grad_clip=3.0, temperature=0.2, alpha=0.3,
+                          projection_head="linear", kd_temperature=4.0, kd_weight=0.25, group_duplicates=0.9,
+                          eval_batch_size=7, tail_epochs=2, window=[400.0, 40.0], slices="::2", out="o",
+                          precision="bf16", cuda_graphs=False, save_every=3)
+    argv = ["train", "--site", "x=p", "--site", "y=q", "--pepx-relu", "--no-cuda-graphs", "--window", "400,40"]
+    special = {"sites", "pepx_relu", "cuda_graphs", "window"}
+    for f in fields:
+        value = getattr(changed, f.name)
+        assert value != getattr(TrainConfig(), f.name), f.name  # the check below would prove nothing
+        if f.name not in special:
+            argv += ["--" + f.name.replace("_", "-"), str(value)]
+    assert config_from_args(build_parser().parse_args(argv)) == changed
+    assert config_from_args(build_parser().parse_args(["train"])) == TrainConfig()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    helps = " ".join(capsys.readouterr().out.split())
+    assert all(name in helps for name in [*METHODS, *MODELS])  # --method and --backbone list the registries
+
+
+def test_demo_is_a_preset():
+    from crosssite.cli import build_parser
+    from crosssite.presets import PRESETS
+
+    demo = build_parser().parse_args(["demo"])
+    assert (demo.epochs, demo.out) == (PRESETS["demo"].config.epochs, PRESETS["demo"].config.out)
+    assert PRESETS["demo"].config.data == str(SAMPLE_DATA) and PRESETS["paper"].config == TrainConfig()

@@ -7,8 +7,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from crosssite.config import TrainConfig
 from crosssite.data.transforms import to_tensor
-from crosssite.evaluate import predict_proba
-from crosssite.inference import inference_network
+from crosssite.inference import inference_network, predict_proba
 from crosssite.methods import METHODS, create_method
 from crosssite.models.site_bn import SiteBatchNorm
 

@@ -13,7 +13,8 @@ from crosssite.data.sites import SAMPLE_DATA
 from crosssite.errors import CrossSiteError, CrossSiteWarning
 from crosssite.presets import PRESETS
 from crosssite.io import read_jsonl
-from crosssite.sweep import ROW_BY_NAME, ROWS, Row, read_results, run_sweep, select_rows
+from crosssite.paper import ROW_BY_NAME, ROWS, Row, select_rows
+from crosssite.sweep import read_results, run_sweep
 
 TINY = dict(data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3, epochs=1, folds=2)
 TWO_ROWS = [ROW_BY_NAME["joint-redesign"], ROW_BY_NAME["contrastive"]]

@@ -3,7 +3,7 @@
 AdaBN (Y. Li, N. Wang, J. Shi, J. Liu, X. Hou, "Revisiting Batch Normalization For Practical Domain
 Adaptation", arXiv:1603.04779, 2016) keeps every weight of a trained network and replaces the batch-norm
 statistics by those of the target domain. With site-specific batch norm this is a new site: every
-`SiteBatchNorm` gets one more copy (`models.site_bn.add_site`: affine = mean of the trained sites'), whose
+`SiteBatchNorm` gets one more copy (`Method.add_site`: affine = mean of the trained sites'), whose
 running mean and variance are the cumulative average (momentum None) over batches of the new site's
 images, run with the eval transform, in train mode, without gradients. Nothing else changes, so the new
 checkpoint predicts for the old sites exactly as before. Labels are never read.
@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, method_from_checkpoint, save_checkpoint
+from .checkpoint import load_trained, save_checkpoint
 from .data.images import DecodedCache
 from .data.sites import is_image
 from .data.volumes import find_scans, is_scan_path, scan_slices
 from .data.transforms import to_tensor
 from .errors import CrossSiteError, DataError
-from .models.site_bn import SiteBatchNorm, add_site
 
 # keys of a checkpoint that describe training state the adapted model no longer matches
 _DROPPED = {"format", "version", "method", "config", "site_names", "model", "optimizer", "scheduler"}
@@ -45,10 +44,6 @@ def list_images(path: Path, slices: str = "all") -> list[Path]:
     return images
 
 
-def site_bn_layers(method) -> list[SiteBatchNorm]:
-    return [m for m in method.modules() if isinstance(m, SiteBatchNorm)]
-
-
 @torch.no_grad()
 def estimate_bn_statistics(method, site: int, images: np.ndarray, batch_size: int = 64) -> None:
     """Set `site`'s running statistics in every SiteBatchNorm to the cumulative average over `images`.
@@ -57,7 +52,7 @@ def estimate_bn_statistics(method, site: int, images: np.ndarray, batch_size: in
     near-equal chunks (np.array_split) so none has a single image, which batch norm cannot normalise.
     """
     method.eval()
-    bns = [layer.bns[site] for layer in site_bn_layers(method)]
+    bns = method.site_batch_norms(site)
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
@@ -80,20 +75,19 @@ def adapt_checkpoint(checkpoint: Path, site_arg: str, out: Path, batch_size: int
         raise CrossSiteError(f"--site {site_arg!r}: expected NAME=PATH, e.g. --site hospital-c=/data/hospital_c")
     if name == "auto":
         raise CrossSiteError("--site: 'auto' is reserved for `crosssite predict --site auto`; choose another name")
-    payload = load_checkpoint(checkpoint)
-    method, config, site_names = method_from_checkpoint(payload, checkpoint)
+    trained = load_trained(checkpoint)
+    method, config, site_names, payload = trained.method, trained.config, trained.site_names, trained.payload
     if name in site_names:
         raise CrossSiteError(f"{checkpoint}: already has a site {name!r} (sites: {', '.join(site_names)}); "
                              "choose another name")
-    if not site_bn_layers(method):
+    if not method.site_batch_norms(0):
         raise CrossSiteError(f"{checkpoint}: method {payload['method']!r} has no site-specific batch norm, so "
                              "there is nothing to adapt; use it with any known site, or adapt a sepnorm or "
                              "contrastive checkpoint")
     try:
-        new_site = add_site(method)
+        new_site = method.add_site()
     except ValueError as e:
         raise CrossSiteError(f"{checkpoint}: cannot add a site ({e})") from None
-    method.num_sites += 1
     paths = list_images(Path(source), config.slices)
     images = DecodedCache(config.image_size, config.window).eval_batch(paths)
     estimate_bn_statistics(method, new_site, images, batch_size)

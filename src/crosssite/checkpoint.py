@@ -4,19 +4,25 @@ A checkpoint is a plain dict of tensors and Python values:
 `format`, `version`, `method`, `config` (a `TrainConfig` dict), `site_names`,
 `model` (the method's state dict) and, for the resumable `last.pt`, also
 `optimizer`, `scheduler`, `epoch` (epochs completed) and `best_val_auc`.
+`load_trained` rebuilds the trained method from one: every command that uses a trained model loads it there.
 """
 
 from __future__ import annotations
 
 import pickle
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .config import TrainConfig
 from .errors import CheckpointError, CrossSiteError
 from .io import atomic_write
+
+if TYPE_CHECKING:
+    from .methods.base import Method
 
 FORMAT = "crosssite-checkpoint"
 VERSION = 1
@@ -76,10 +82,34 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def method_from_checkpoint(payload: dict, path: Path | str = "checkpoint"):
-    """Rebuild the trained method (in eval mode) with its config and site names."""
+@dataclass
+class TrainedModel:
+    """A trained method rebuilt from its checkpoint (eval mode), with the settings and sites it was trained on."""
+
+    path: Path
+    method: Method
+    config: TrainConfig
+    site_names: list[str]
+    payload: dict  # the whole checkpoint: epoch, adaptations, ...
+
+    def site_index(self, site: str) -> int:
+        """Index of `site` among the checkpoint's sites, or a clear error saying how to add a new one."""
+        if site not in self.site_names:
+            raise CrossSiteError(
+                f"{self.path}: unknown site {site!r}; this checkpoint knows {', '.join(self.site_names)}. "
+                f"Pass one of them with --site (evaluate: --as-site), or --site auto, or first add the new site "
+                f"from its unlabelled images: crosssite adapt {self.path} --site {site}=FOLDER --out NEW.pt"
+            )
+        return self.site_names.index(site)
+
+
+def load_trained(path: Path | str, device: str = "cpu", expect_method: str | None = None) -> TrainedModel:
+    """The one way to load a trained model: check the file, rebuild its method from the config it carries,
+    load the weights and move it to `device` (crosssite.distributed.device: "auto", "cpu", "cuda:N")."""
+    from .distributed import device as resolve_device
     from .methods import create_method
 
+    payload = load_checkpoint(Path(path), expect_method)
     try:
         config = TrainConfig.from_dict(payload["config"], source="config")
         config.validate()
@@ -91,4 +121,5 @@ def method_from_checkpoint(payload: dict, path: Path | str = "checkpoint"):
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit method {payload['method']!r} ({str(e).splitlines()[0]})") from None
     method.eval()
-    return method, config, list(payload["site_names"])
+    method.to(resolve_device(device))
+    return TrainedModel(Path(path), method, config, list(payload["site_names"]), payload)

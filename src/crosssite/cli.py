@@ -15,54 +15,16 @@ from .config import TrainConfig, load_config
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError
+from .metrics import format_metrics
+from .presets import PRESETS, get_preset
 from .runtime import ensure_malloc_tuning
 
 
-def parse_window(text: str) -> list[float]:
-    """--window W,L -> [W, L] (argparse turns the ValueError into a one-line usage error)."""
-    width, level = (float(v) for v in text.split(","))
-    return [width, level]
-
-
-# flags of `train` that set a TrainConfig field: (flag, field, type, help)
-SETTING_FLAGS = [
-    ("--method", "method", str, "single, joint, sepnorm, contrastive, series-adapter, parallel-adapter, ms-net"),
-    ("--backbone", "backbone", str, "covidnet or covidnet-redesign (single and joint take both)"),
-    ("--data", "data", str, "folder holding the sites' original layouts (e.g. ../shared/data)"),
-    ("--split", "split", str, "'fold' (stratified, patient-grouped k-fold) or 'official' (COVID-CT's split)"),
-    ("--fold", "fold", int, "test fold index"),
-    ("--folds", "folds", int, "number of cross-validation folds"),
-    ("--seed", "seed", int, "random seed (splits, initialisation, sampling, augmentation)"),
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--batch-per-site", "batch_per_site", int, "images per site in a step"),
-    ("--image-size", "image_size", int, "input size in pixels, a multiple of 16 (224 = paper)"),
-    ("--width", "width", float, "channel multiplier of the backbone (1.0 = paper)"),
-    ("--lr", "lr", float, "Adam learning rate (cosine-annealed to 0)"),
-    ("--weight-decay", "weight_decay", float, "Adam weight decay"),
-    ("--grad-clip", "grad_clip", float, "gradient-norm clipping"),
-    ("--temperature", "temperature", float, "NT-Xent temperature"),
-    ("--alpha", "alpha", float, "weight of the contrastive loss"),
-    ("--projection-head", "projection_head", str,
-     "end of the contrastive projection head: bn-relu (reference code) or linear (ablation)"),
-    ("--kd-temperature", "kd_temperature", float, "ms-net: temperature of the knowledge transfer (KL) term"),
-    ("--kd-weight", "kd_weight", float, "ms-net: universal head loss = (1 - w) CE + w KL"),
-    ("--group-duplicates", "group_duplicates", float,
-     "fold split: group near-duplicate images (thumbnail correlation >= this, e.g. 0.95) so none straddles parts"),
-    ("--eval-batch-size", "eval_batch_size", int, "batch size for validation and test"),
-    ("--tail-epochs", "tail_epochs", int,
-     "test predictions of the last K epochs are kept (tail_predictions.csv) for the report; never for selection"),
-    ("--window", "window", parse_window, "CT scans: HU window WIDTH,LEVEL (default 1500,-600: lung)"),
-    ("--slices", "slices", str, "CT scans: 'all' or START:STOP[:STEP] of each scan's slices, e.g. '::4' (every 4th)"),
-    ("--out", "out", str, "run folder"),
-    ("--precision", "precision", str, "fp32, or bf16 (autocast; CUDA GPUs only)"),
-    ("--save-every", "save_every", int, "write last.pt (the resume state) every K epochs and after the last"),
-]
 DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
 COMPILE_HELP = (
     "torch.compile the network first (~15 s at 224 px on 2 CPU cores; pays only for thousands of images, "
     "see README Speed)"
 )
-assert {f for _, f, _, _ in SETTING_FLAGS} | {"sites", "pepx_relu", "cuda_graphs"} == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def positive_int(text: str) -> int:
@@ -79,14 +41,37 @@ def path_text(text: str) -> str:
     return text
 
 
+def registry_help(name: str) -> str:
+    """--method and --backbone list what the registries hold (a new method or backbone shows up itself)."""
+    from .methods import METHODS
+    from .models import MODELS
+
+    if name == "method":
+        return ", ".join(METHODS)
+    both = [m for m, cls in METHODS.items() if len(cls.backbones) > 1]
+    return f"{' or '.join(MODELS)} ({' and '.join(both)} take {'both' if len(MODELS) == 2 else 'all'})"
+
+
+SETTINGS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def add_setting_flag(parser: argparse.ArgumentParser, name: str) -> None:
+    """The flag of TrainConfig field `name`, from its `setting` metadata (crosssite.config)."""
+    meta = SETTINGS[name].metadata
+    flag = meta.get("flag", "--" + name.replace("_", "-"))
+    help_text = f"{meta['help']}: {registry_help(name)}" if name in ("method", "backbone") else meta["help"]
+    kind = SETTINGS[name].type
+    if "action" in meta:
+        parser.add_argument(flag, dest=name, action=meta["action"], metavar=meta.get("metavar"), help=help_text)
+    elif kind == "bool":
+        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    else:
+        parse = meta.get("parse") or {"int": int, "float": float, "float | None": float}.get(kind, str)
+        parser.add_argument(flag, dest=name, type=parse, default=None, help=help_text)
+
+
 def add_site_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--site",
-        dest="sites",
-        action="append",
-        metavar="NAME=PATH",
-        help="add a site (or override a discovered one); repeatable",
-    )
+    add_setting_flag(parser, "sites")
 
 
 def add_aggregate_flags(parser: argparse.ArgumentParser) -> None:
@@ -99,45 +84,21 @@ def add_aggregate_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
-    """The TrainConfig flags (all but the fields in `exclude`), --site and --pepx-relu."""
-    for flag, field, typ, help_text in SETTING_FLAGS:
-        if field not in exclude:
-            parser.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
-    add_site_flag(parser)
-    parser.add_argument(
-        "--pepx-relu", action=argparse.BooleanOptionalAction, default=None, help="ReLU inside PEPX blocks"
-    )
-    parser.add_argument(
-        "--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-        help="on a CUDA GPU, replay each training step as one CUDA graph (default: on; never on a CPU)",
-    )
+    """A flag for every TrainConfig field but those in `exclude`."""
+    for name in SETTINGS:
+        if name not in exclude:
+            add_setting_flag(parser, name)
 
 
 def setting_changes(args) -> dict:
     """The TrainConfig fields set on the command line (flags added by `add_setting_flags`)."""
-    changes = {f: getattr(args, f) for _, f, _, _ in SETTING_FLAGS if getattr(args, f, None) is not None}
-    if args.sites is not None:
-        changes["sites"] = args.sites
-    if args.pepx_relu is not None:
-        changes["pepx_relu"] = args.pepx_relu
-    if args.cuda_graphs is not None:
-        changes["cuda_graphs"] = args.cuda_graphs
-    return changes
+    return {name: getattr(args, name) for name in SETTINGS if getattr(args, name, None) is not None}
 
 
 def config_from_args(args) -> TrainConfig:
     """Defaults, then the --config file, then the flags given on the command line."""
     config = load_config(args.config) if args.config else TrainConfig()
     return config.replace(**setting_changes(args))
-
-
-def format_metrics(per_site: dict[str, dict]) -> str:
-    from .evaluate import METRIC_NAMES as names
-    width = max(len(s) for s in per_site) + 2
-    lines = ["site".ljust(width) + "".join(n.rjust(12) for n in names) + "n".rjust(6)]
-    for site, m in per_site.items():
-        lines.append(site.ljust(width) + "".join(f"{100 * m[n]:11.2f}%" for n in names) + str(m["n"]).rjust(6))
-    return "\n".join(lines)
 
 
 def cmd_train(args) -> None:
@@ -160,16 +121,7 @@ def cmd_train(args) -> None:
 def cmd_demo(args) -> None:
     from .train import train
 
-    config = TrainConfig(
-        method="contrastive",
-        data=str(SAMPLE_DATA),
-        epochs=args.epochs,
-        batch_per_site=8,
-        image_size=64,
-        width=0.25,
-        lr=1e-3,
-        out=args.out,
-    )
+    config = get_preset("demo").config.replace(epochs=args.epochs, out=args.out)
     print(f"demo: contrastive cross-site training on the shipped sample ({SAMPLE_DATA}),")
     print(f"      {config.epochs} epochs at {config.image_size} px, width {config.width}; run folder {config.out}")
     metrics = train(config, resume=(Path(config.out) / "config.yaml").exists(), progress=not args.quiet)
@@ -179,61 +131,20 @@ def cmd_demo(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .checkpoint import load_checkpoint, method_from_checkpoint
-    from .data.images import DecodedCache
-    from .data.sites import load_sites
-    from .distributed import device
-    from .data.splits import load_splits, make_splits
-    from .predict import site_index
-    from .scans import describe, level_metrics
-    from .train import RunData, evaluate_part
+    from .evaluate import evaluate_checkpoint
 
-    payload = load_checkpoint(Path(args.checkpoint))
-    method, config, site_names = method_from_checkpoint(payload, args.checkpoint)
-    method.to(device(args.device))
-    data_dir = args.data or config.data
-    sites = load_sites(Path(data_dir) if data_dir else None, args.sites if args.sites is not None else config.sites,
-                       config.slices)
-    # which of the model's sites predicts for each loaded site; unknown sites only with --as-site
-    bn_sites = {n: site_names.index(n) for n in sites if n in site_names}
-    if args.as_site is not None:
-        as_index = site_index(site_names, args.as_site, Path(args.checkpoint))
-        bn_sites.update({n: as_index for n in sites if n not in site_names})
-    named = [arg.partition("=")[0].strip() for arg in args.sites or []]
-    unknown = [n for n in named if n not in bn_sites] or ([] if bn_sites else list(sites))
-    if unknown:  # raises: says to adapt the site first or to pass --as-site
-        site_index(site_names, unknown[0], Path(args.checkpoint))
-    sites = {n: sites[n] for n in bn_sites}
-    split_file = Path(args.split_file) if args.split_file else Path(args.checkpoint).parent / "split.json"
-    fold = config.fold if args.fold is None else args.fold
-    if args.part == "all":
-        splits, source = {n: {"all": list(range(len(s)))} for n, s in sites.items()}, "every image of each site"
-    elif args.fold is None and split_file.exists():
-        splits, source = load_splits(split_file, sites), str(split_file)
-    else:
-        splits, source = {}, ""
-    rest = {n: s for n, s in sites.items() if n not in splits}  # sites the saved split does not hold
-    if rest:
-        splits.update(make_splits(rest, config.split, fold, config.folds, config.seed, config.group_duplicates))
-        source = "; ".join(filter(None, [source, f"{', '.join(rest)}: {config.split} split, fold {fold}, "
-                                                  f"seed {config.seed}"]))
-    as_note = {n: site_names[i] for n, i in bn_sites.items() if n not in site_names}
-    if as_note:
-        source += "; batch norms: " + ", ".join(f"{n} as {k}" for n, k in as_note.items())
-    data = RunData(sites, splits, DecodedCache(config.image_size, config.window))
-    per_site, rows = evaluate_part(method, data, args.part, args.batch_size, bn_sites, compile=args.compile)
-    levels = level_metrics(rows, args.aggregate, args.top_k)
+    result = evaluate_checkpoint(args.checkpoint, args.part, args.data, args.sites, args.split_file, args.fold,
+                                 args.as_site, args.batch_size, compile=args.compile, device=args.device,
+                                 how=args.aggregate, top_k=args.top_k)
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "part": args.part, "split": source, "sites": per_site,
-                          "aggregate": describe(args.aggregate, args.top_k), "scans": levels["scan"],
-                          "patients": levels["patient"]}))
-    else:
-        print(f"{args.part} metrics of {args.checkpoint} ({source}):")
-        print(format_metrics(per_site))
-        for level, per_group in levels.items():
-            if per_group:
-                print(f"{level}-level ({describe(args.aggregate, args.top_k)}, n = {level}s):")
-                print(format_metrics(per_group))
+        print(json.dumps(result))
+        return
+    print(f"{args.part} metrics of {args.checkpoint} ({result['split']}):")
+    print(format_metrics(result["sites"]))
+    for level, per_group in (("scan", result["scans"]), ("patient", result["patients"])):
+        if per_group:
+            print(f"{level}-level ({result['aggregate']}, n = {level}s):")
+            print(format_metrics(per_group))
 
 
 def cmd_predict(args) -> None:
@@ -287,15 +198,15 @@ def cmd_adapt(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .presets import get_preset
-    from .sweep import parse_row_seeds, run_sweep, select_rows
+    from .paper import select_rows
+    from .sweep import parse_row_seeds, run_sweep
 
     preset = get_preset(args.preset)
     config = preset.config.replace(**setting_changes(args))
     if config.data is None and not config.sites:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH")
     seeds = preset.seeds if args.seeds is None else args.seeds
-    rows = select_rows(args.methods)
+    rows = select_rows(args.rows)
     command = shlex.join(["crosssite", *sys.argv[1:]])
     records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, jobs=args.jobs,
                         devices=args.devices, row_seeds=parse_row_seeds(args.row_seeds, rows, seeds), command=command)
@@ -345,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     demo = sub.add_parser("demo", help="a short real training + evaluation on the shipped sample")
-    demo.add_argument("--out", default="runs/demo", type=path_text)
-    demo.add_argument("--epochs", type=int, default=20)
+    demo_config = get_preset("demo").config
+    demo.add_argument("--out", default=demo_config.out, type=path_text)
+    demo.add_argument("--epochs", type=int, default=demo_config.epochs)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
@@ -396,8 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("run", help="a run folder (train --out, or the demo's runs/demo)")
     card.set_defaults(func=cmd_card)
 
-    from .presets import PRESETS
-    from .sweep import ROW_GROUPS, ROWS
+    from .paper import ROW_GROUPS, ROWS
 
     sweep = sub.add_parser("sweep", help="train every Table I job (rows x folds x seeds); restart to resume")
     sweep.add_argument(
@@ -405,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="base settings, which flags override: " + "; ".join(f"{k}: {p.about}" for k, p in PRESETS.items()),
     )
     sweep.add_argument(
-        "--methods", nargs="+", default=["all"], metavar="ROW",
-        help="rows, comma or space separated: a group (" + ", ".join(ROW_GROUPS) + "; default all) or rows: "
+        "--rows", "--methods", dest="rows", nargs="+", default=["all"], metavar="ROW",
+        help="rows (--methods is an alias), comma or space separated: a group (" + ", ".join(ROW_GROUPS) + "; default all) or rows: "
         + ", ".join(r.name for r in ROWS),
     )
     sweep.add_argument("--seeds", type=int, help="number of seeds, run as 0..N-1 (default: the preset's)")

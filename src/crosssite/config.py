@@ -1,8 +1,9 @@
 """One place for every training setting, with the paper's values as defaults.
 
-`TrainConfig` is the single registry of hyper-parameters: the CLI flags, the
-`--config FILE` YAML and the `config.yaml` written next to each run all map
-onto its fields, so a saved config reproduces its run.
+`TrainConfig` is the single registry of hyper-parameters: the CLI flags (built from
+each field's `setting` help by crosssite.cli), the `--config FILE` YAML and the
+`config.yaml` written next to each run all map onto its fields, so a saved config
+reproduces its run.
 """
 
 from __future__ import annotations
@@ -26,41 +27,62 @@ from .io import atomic_write_text, read_yaml
 EXECUTION_SETTINGS = ("cuda_graphs", "save_every")
 
 
+def parse_window(text: str) -> list[float]:
+    """--window W,L -> [W, L] (argparse turns the ValueError into a one-line usage error)."""
+    width, level = (float(v) for v in text.split(","))
+    return [width, level]
+
+
+def setting(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, **flag):
+    """A TrainConfig field and its command-line flag: `help`, and where the default rule does not fit,
+    `flag` (default --field-name), `parse` (default: the field's type), argparse's `metavar`, `action`."""
+    return field(default=default, default_factory=factory, metadata={"help": help, **flag})
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (defaults: Wang, Liu & Dou 2020 and its reference code)."""
 
-    method: str = "contrastive"
-    backbone: str = "covidnet-redesign"
-    data: str | None = None  # folder holding the known site layouts
-    sites: list[str] = field(default_factory=list)  # extra / overriding sites as NAME=PATH
-    split: str = "fold"  # "fold" (cross-validation) or "official" (COVID-CT's own split)
-    fold: int = 0
-    folds: int = 4
-    seed: int = 0
-    epochs: int = 100
-    batch_per_site: int = 16  # paper: batch 32 = 16 per site
-    image_size: int = 224
-    width: float = 1.0  # channel multiplier; 1.0 is the paper's network
-    pepx_relu: bool = False  # reference PEPX has no activation inside; True adds ReLUs
-    lr: float = 1e-4
-    weight_decay: float = 1e-7  # reference code
-    grad_clip: float = 2.0  # gradient-norm clipping, reference code
-    temperature: float = 0.05  # NT-Xent temperature (contrastive)
-    alpha: float = 1.0  # weight of the contrastive loss (contrastive)
-    projection_head: str = "bn-relu"  # end of the projection head: "bn-relu" (reference code) or "linear" (ours)
-    kd_temperature: float = 2.0  # softening of MS-Net's knowledge transfer (ms-net; see docs/methods.md)
-    kd_weight: float = 0.5  # MS-Net universal head: (1 - w) CE + w KL; 0.5/0.5 as liuquande/MS-Net main.py
-    group_duplicates: float | None = None  # fold split: keep near-duplicates (correlation >= this) in one part
-    eval_batch_size: int = 64
-    tail_epochs: int = 3  # test predictions of the last k epochs are kept for the report (never for selection)
+    method: str = setting("contrastive", "the training method")
+    backbone: str = setting("covidnet-redesign", "the network")
+    data: str | None = setting(None, "folder holding the sites' original layouts (e.g. ../shared/data)")
+    sites: list[str] = setting(factory=list, help="add a site (or override a discovered one); repeatable",
+                               flag="--site", metavar="NAME=PATH", action="append")
+    split: str = setting("fold", "'fold' (stratified, patient-grouped k-fold) or 'official' (COVID-CT's split)")
+    fold: int = setting(0, "test fold index")
+    folds: int = setting(4, "number of cross-validation folds")
+    seed: int = setting(0, "random seed (splits, initialisation, sampling, augmentation)")
+    epochs: int = setting(100, "training epochs")
+    batch_per_site: int = setting(16, "images per site in a step")  # paper: batch 32 = 16 per site
+    image_size: int = setting(224, "input size in pixels, a multiple of 16 (224 = paper)")
+    width: float = setting(1.0, "channel multiplier of the backbone (1.0 = paper)")
+    # reference PEPX has no activation inside
+    pepx_relu: bool = setting(False, "ReLU inside PEPX blocks")
+    lr: float = setting(1e-4, "Adam learning rate (cosine-annealed to 0)")
+    weight_decay: float = setting(1e-7, "Adam weight decay")  # reference code
+    grad_clip: float = setting(2.0, "gradient-norm clipping")  # reference code
+    temperature: float = setting(0.05, "NT-Xent temperature")
+    alpha: float = setting(1.0, "weight of the contrastive loss")
+    projection_head: str = setting(
+        "bn-relu", "end of the contrastive projection head: bn-relu (reference code) or linear (ablation)")
+    kd_temperature: float = setting(2.0, "ms-net: temperature of the knowledge transfer (KL) term")  # docs/methods.md
+    # 0.5/0.5 as liuquande/MS-Net main.py
+    kd_weight: float = setting(0.5, "ms-net: universal head loss = (1 - w) CE + w KL")
+    group_duplicates: float | None = setting(
+        None, "fold split: group near-duplicate images (thumbnail correlation >= this, e.g. 0.95) so none straddles "
+        "parts")
+    eval_batch_size: int = setting(64, "batch size for validation and test")
+    tail_epochs: int = setting(
+        3, "test predictions of the last K epochs are kept (tail_predictions.csv) for the report; never for selection")
     # CT scans (DICOM/NIfTI/MetaImage): HU window [width, level] (lung window), and which slices to use
-    window: list[float] = field(default_factory=lambda: [1500.0, -600.0])
-    slices: str = "all"  # "all" or START:STOP[:STEP] in anatomical order, e.g. "::4"
-    out: str = "runs/default"
-    precision: str = "fp32"  # "bf16": autocast on a CUDA GPU
-    cuda_graphs: bool = True  # on a CUDA GPU, replay each training step as one CUDA graph (crosssite.capture)
-    save_every: int = 1  # write last.pt (the resume state) every this many epochs, and after the last
+    window: list[float] = setting(factory=lambda: [1500.0, -600.0], parse=parse_window,
+                                  help="CT scans: HU window WIDTH,LEVEL (default 1500,-600: lung)")
+    slices: str = setting("all", "CT scans: 'all' or START:STOP[:STEP] of each scan's slices, e.g. '::4' (every 4th)")
+    out: str = setting("runs/default", "run folder")
+    precision: str = setting("fp32", "fp32, or bf16 (autocast; CUDA GPUs only)")
+    cuda_graphs: bool = setting(  # crosssite.capture
+        True, "on a CUDA GPU, replay each training step as one CUDA graph (default: on; never on a CPU)")
+    save_every: int = setting(1, "write last.pt (the resume state) every K epochs and after the last")
 
     def validate(self) -> None:
         """Reject settings that would fail later, deep inside training (or, worse, train wrongly)."""

@@ -1,73 +1,115 @@
-"""Per-site metrics (scikit-learn, COVID positive) and batched inference."""
+"""The `evaluate` command's home: a run's data, metrics on one part of its split, a checkpoint's evaluation.
+
+The trainer validates and tests through `evaluate_part` too, so a checkpoint scores the same here
+as it did during training.
+"""
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import torch
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
 
-from .data.sampling import eval_batches
-from .data.transforms import to_tensor
-from .distributed import spread
-from .inference import inference_network
-
-METRIC_NAMES = ("accuracy", "f1", "recall", "precision", "auc", "specificity")
+from .checkpoint import load_trained
+from .data.images import DecodedCache
+from .data.sites import Site, load_sites
+from .data.splits import load_splits, make_splits
+from .inference import predict_proba
+from .metrics import site_metrics
+from .scans import TOP_K, describe, level_metrics
 
 
-@torch.no_grad()
-def predict_proba(method, images: np.ndarray, site: int, batch_size: int = 64, compile: bool = False) -> np.ndarray:
-    """P(COVID) for a (N, s, s) uint8 array of eval-size images of one site.
+@dataclass
+class RunData:
+    """The sites of a run, their split, and the decoded-image cache."""
 
-    Runs the fast copy of `method.predict(., site)` (batch norms folded, channels_last; see
-    crosssite.inference); `compile` adds torch.compile. Under torchrun the processes share the images.
+    sites: dict[str, Site]
+    splits: dict[str, dict[str, list[int]]]
+    cache: DecodedCache
+
+    @property
+    def site_names(self) -> list[str]:
+        return list(self.sites)
+
+    def paths(self, site: str, part: str) -> list[Path]:
+        samples = self.sites[site].samples
+        return [samples[i].path for i in self.splits[site][part]]
+
+    def labels(self, site: str, part: str) -> np.ndarray:
+        return self.sites[site].labels()[self.splits[site][part]]
+
+    def patients(self, site: str, part: str) -> list[str]:
+        """Patient id of each image of the part ('' where the site has none)."""
+        samples = self.sites[site].samples
+        return [samples[i].patient or "" for i in self.splits[site][part]]
+
+
+def evaluate_part(method, data: RunData, part: str, batch_size: int,
+                  bn_sites: dict[str, int] | None = None, compile: bool = False) -> tuple[dict[str, dict], list[dict]]:
+    """Metrics per site on one part of the split, and one prediction row per image.
+
+    `bn_sites` maps a site to the model's site index to predict with (default: its position in the run).
     """
-    method.eval()
-    net = inference_network(method, site, compile=compile)
+    per_site, rows = {}, []
+    for position, name in enumerate(data.site_names):
+        index = position if bn_sites is None else bn_sites[name]
+        paths = data.paths(name, part)
+        labels = data.labels(name, part)
+        probs = predict_proba(method, data.cache.eval_batch(paths), index, batch_size, compile=compile)
+        per_site[name] = site_metrics(labels, probs)
+        rows += [
+            {"site": name, "path": str(p), "patient": g, "label": int(y), "p_covid": float(q)}
+            for p, g, y, q in zip(paths, data.patients(name, part), labels, probs)
+        ]
+    return per_site, rows
 
-    def run(part: np.ndarray) -> np.ndarray:
-        probs = [np.zeros(0, dtype=np.float32)]
-        for idx in eval_batches(len(part), batch_size):
-            logits = net(to_tensor(part[idx]))
-            probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
-        return np.concatenate(probs)
 
-    return spread(images, run)  # under torchrun each process predicts its share
+def evaluate_checkpoint(checkpoint: str, part: str = "test", data: str | None = None, sites: list[str] | None = None,
+                        split_file: str | None = None, fold: int | None = None, as_site: str | None = None,
+                        batch_size: int = 64, compile: bool = False, device: str = "auto", how: str = "topk",
+                        top_k: int = TOP_K) -> dict:
+    """Metrics of a checkpoint on a part of a split: per site, and per scan and patient where they exist.
 
-
-def site_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Accuracy, F1, recall (sensitivity), precision, AUC and specificity, COVID = 1 positive.
-
-    The label is the arg-max of the two softmax outputs, i.e. P(COVID) >= 0.5. AUC is NaN
-    when the set holds only one class (it is undefined there).
+    Defaults come from the checkpoint: its data folder and sites, the split.json beside it (else the
+    split recomputed from its settings, or for `fold`). Sites the checkpoint does not know are evaluated
+    only with `as_site`, the known site whose batch norms predict for them. Returns what
+    `crosssite evaluate --json` prints: checkpoint, part, split (where it came from), sites, aggregate,
+    scans, patients.
     """
-    labels = np.asarray(labels, dtype=int)
-    pred = (np.asarray(probs) >= 0.5).astype(int)
-    tn, fp, fn, tp = confusion_matrix(labels, pred, labels=[0, 1]).ravel()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zero-division cases are reported as 0 below
-        metrics = {
-            "accuracy": accuracy_score(labels, pred),
-            "f1": f1_score(labels, pred, zero_division=0),
-            "recall": recall_score(labels, pred, zero_division=0),
-            "precision": precision_score(labels, pred, zero_division=0),
-            "auc": roc_auc_score(labels, probs) if len(set(labels.tolist())) == 2 else float("nan"),
-            "specificity": tn / (tn + fp) if tn + fp else 0.0,
-        }
-    metrics = {k: float(v) for k, v in metrics.items()}
-    metrics["n"] = int(len(labels))
-    return metrics
-
-
-def mean_auc(per_site: dict[str, dict]) -> float:
-    """Mean AUC over sites, ignoring sites where it is undefined (checkpoint selection score)."""
-    aucs = [m["auc"] for m in per_site.values() if not np.isnan(m["auc"])]
-    return float(np.mean(aucs)) if aucs else float("nan")
+    trained = load_trained(checkpoint, device)
+    config, site_names = trained.config, trained.site_names
+    data_dir = data or config.data
+    loaded = load_sites(Path(data_dir) if data_dir else None, sites if sites is not None else config.sites,
+                        config.slices)
+    # which of the model's sites predicts for each loaded site; unknown sites only with as_site
+    bn_sites = {n: site_names.index(n) for n in loaded if n in site_names}
+    if as_site is not None:
+        as_index = trained.site_index(as_site)
+        bn_sites.update({n: as_index for n in loaded if n not in site_names})
+    named = [arg.partition("=")[0].strip() for arg in sites or []]
+    unknown = [n for n in named if n not in bn_sites] or ([] if bn_sites else list(loaded))
+    if unknown:  # raises: says to adapt the site first or to pass --as-site
+        trained.site_index(unknown[0])
+    loaded = {n: loaded[n] for n in bn_sites}
+    split_path = Path(split_file) if split_file else Path(checkpoint).parent / "split.json"
+    fold_used = config.fold if fold is None else fold
+    if part == "all":
+        splits, source = {n: {"all": list(range(len(s)))} for n, s in loaded.items()}, "every image of each site"
+    elif fold is None and split_path.exists():
+        splits, source = load_splits(split_path, loaded), str(split_path)
+    else:
+        splits, source = {}, ""
+    rest = {n: s for n, s in loaded.items() if n not in splits}  # sites the saved split does not hold
+    if rest:
+        splits.update(make_splits(rest, config.split, fold_used, config.folds, config.seed, config.group_duplicates))
+        source = "; ".join(filter(None, [source, f"{', '.join(rest)}: {config.split} split, fold {fold_used}, "
+                                                  f"seed {config.seed}"]))
+    as_note = {n: site_names[i] for n, i in bn_sites.items() if n not in site_names}
+    if as_note:
+        source += "; batch norms: " + ", ".join(f"{n} as {k}" for n, k in as_note.items())
+    run = RunData(loaded, splits, DecodedCache(config.image_size, config.window))
+    per_site, rows = evaluate_part(trained.method, run, part, batch_size, bn_sites, compile=compile)
+    levels = level_metrics(rows, how, top_k)
+    return {"checkpoint": checkpoint, "part": part, "split": source, "sites": per_site,
+            "aggregate": describe(how, top_k), "scans": levels["scan"], "patients": levels["patient"]}

@@ -34,18 +34,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, method_from_checkpoint
+from .checkpoint import load_trained
 from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.sites import SAMPLE_DATA, is_image
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
-from .errors import CheckpointError, CrossSiteError
-from .evaluate import predict_proba
-from .inference import fold_batch_norms, site_network
+from .errors import CrossSiteError
+from .inference import fold_batch_norms, predict_proba, site_network
 from .io import atomic_write
+from .metrics import is_covid
 from .models.layers import as_torch_layers
 from .models.site_bn import SiteBatchNorm
-from .predict import site_index
 
 FORMATS = ("onnx", "torchscript")
 METADATA_KEY = "crosssite"
@@ -289,9 +288,9 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
         except ImportError:
             raise CrossSiteError(f"ONNX export needs the optional extra: {ONNX_EXTRA}") from None
         import_onnxruntime()  # the agreement check runs the file
-    payload = load_checkpoint(checkpoint)
-    method, config, site_names = method_from_checkpoint(payload, checkpoint)
-    index = site_index(site_names, site, checkpoint)
+    trained = load_trained(checkpoint)
+    method, config, site_names, payload = trained.method, trained.config, trained.site_names, trained.payload
+    index = trained.site_index(site)
     if out.is_dir():
         raise CrossSiteError(f"--out {out}: is a folder; give the export's file name, e.g. {out / (site + '.' + fmt)}")
     model, statistics = export_network(method, index)
@@ -323,7 +322,7 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
         exported = np.concatenate([p_covid(run(to_tensor(images[idx]).numpy())[0])
                                    for idx in eval_batches(len(images), batch_size)])
         diff = float(np.abs(exported - reference).max())
-        flips = int(((exported >= 0.5) != (reference >= 0.5)).sum())
+        flips = int((is_covid(exported) != is_covid(reference)).sum())
         if diff > TOLERANCE or flips:
             raise CrossSiteError(
                 f"{out}: not written: the {fmt} export disagrees with PyTorch on {source}: max |P(COVID) "

@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend needed
 
-from .checkpoint import load_checkpoint, method_from_checkpoint
+from .checkpoint import load_trained
 from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.transforms import to_tensor
 from .errors import CrossSiteError
 from .io import atomic_write
-from .predict import LABEL_NAMES, expand_inputs, site_index
+from .metrics import LABEL_NAMES, label_name
+from .predict import expand_inputs
 
 COVID = 1
 
@@ -72,8 +73,7 @@ def draw_overlay(ax, result: dict, title: str) -> None:
 
 
 def prediction_title(result: dict) -> str:
-    label = LABEL_NAMES[int(result["p_covid"] >= 0.5)]
-    return f"{result['path'].name}\npredicted {label}, P(COVID)={result['p_covid']:.3f}"
+    return f"{result['path'].name}\npredicted {label_name(result['p_covid'])}, P(COVID)={result['p_covid']:.3f}"
 
 
 def save_figure(fig: Figure, path: Path) -> None:
@@ -84,9 +84,9 @@ def gradcam_images(checkpoint: Path, site: str, images: list[Path], out: Path, t
     """Write one overlay PNG per image into `out`, named after the image; return the PNG paths."""
     if not images:
         raise CrossSiteError("no images given")
-    method, config, site_names = method_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-    paths = [p for _, scan_paths in expand_inputs(images, config.slices) for p in scan_paths]
-    results = explain(method, config, site_index(site_names, site, checkpoint), paths, target)
+    trained = load_trained(checkpoint)
+    paths = [p for _, scan_paths in expand_inputs(images, trained.config.slices) for p in scan_paths]
+    results = explain(trained.method, trained.config, trained.site_index(site), paths, target)
     written = []
     for i, result in enumerate(results):
         name = f"{result['path'].stem}.png"

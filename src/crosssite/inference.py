@@ -4,7 +4,7 @@ In eval mode a batch norm is a fixed per-channel affine map, so `conv -> BN` equ
 conv with rescaled weights and a shifted bias (likewise `linear -> BN`). Folding removes one
 full pass over every activation it follows; for site-specific batch norm the chosen site's copy
 is folded. The copy runs in channels_last memory layout, which oneDNN's CPU convolutions prefer.
-`crosssite.evaluate.predict_proba` predicts through `inference_network`, so `crosssite evaluate`,
+`predict_proba` predicts through `inference_network`, so `crosssite evaluate`,
 `crosssite predict` and the trainer's validation all take this path. The copy computes the same
 function as `method.predict(x, site)` up to float rounding (tests/test_inference.py).
 """
@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from .data.sampling import eval_batches
+from .data.transforms import to_tensor
+from .distributed import spread
 from .models.site_bn import SiteBatchNorm
 from .runtime import prepare_input, prepare_model
 
@@ -75,3 +79,23 @@ class InferenceNetwork(nn.Module):
 def inference_network(method, site: int, compile: bool = False) -> InferenceNetwork:
     """The fast predictor for one site; `compile` adds torch.compile."""
     return InferenceNetwork(fold_batch_norms(site_network(method, site)), compile=compile)
+
+
+@torch.no_grad()
+def predict_proba(method, images: np.ndarray, site: int, batch_size: int = 64, compile: bool = False) -> np.ndarray:
+    """P(COVID) for a (N, s, s) uint8 array of eval-size images of one site.
+
+    Runs the fast copy of `method.predict(., site)` (`inference_network`); `compile` adds torch.compile.
+    Under torchrun the processes share the images.
+    """
+    method.eval()
+    net = inference_network(method, site, compile=compile)
+
+    def run(part: np.ndarray) -> np.ndarray:
+        probs = [np.zeros(0, dtype=np.float32)]
+        for idx in eval_batches(len(part), batch_size):
+            logits = net(to_tensor(part[idx]))
+            probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
+        return np.concatenate(probs)
+
+    return spread(images, run)  # under torchrun each process predicts its share

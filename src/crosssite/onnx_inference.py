@@ -19,7 +19,8 @@ from .data.sampling import eval_batches
 from .data.transforms import to_tensor
 from .errors import CrossSiteError
 from .export import load_export, p_covid
-from .predict import AUTO, LABEL_NAMES, symmetric_kl
+from .metrics import label_name
+from .predict import AUTO, symmetric_kl
 
 
 def _exports(model: Path) -> list[Path]:
@@ -84,5 +85,5 @@ def predict_with_exports(model: Path, site: str, images: list[Path], batch_size:
         site = min(distances, key=distances.get)
         extra = {"site": site, "bn_distance": distances}
     probs = p_covid(outputs[site][0])
-    return [{"path": str(p), "p_covid": float(q), "label": LABEL_NAMES[int(q >= 0.5)], **extra}
+    return [{"path": str(p), "p_covid": float(q), "label": label_name(q), **extra}
             for p, q in zip(images, probs)]

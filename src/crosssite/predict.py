@@ -16,31 +16,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, method_from_checkpoint
+from .checkpoint import load_trained
 from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.sites import is_image
 from .data.volumes import find_scans, is_scan_path, scan_slices
 from .data.transforms import to_tensor
-from .distributed import device as resolve_device
 from .errors import CrossSiteError, DataError
-from .evaluate import predict_proba
-from .models.site_bn import SiteBatchNorm
+from .inference import predict_proba
+from .metrics import label_name
 from .scans import TOP_K, aggregate, describe
 
-LABEL_NAMES = {0: "NonCOVID", 1: "COVID"}
 AUTO = "auto"
-
-
-def site_index(site_names: list[str], site: str, checkpoint: Path) -> int:
-    """Index of `site` among the checkpoint's sites, or a clear error saying how to add a new one."""
-    if site not in site_names:
-        raise CrossSiteError(
-            f"{checkpoint}: unknown site {site!r}; this checkpoint knows {', '.join(site_names)}. "
-            f"Pass one of them with --site (evaluate: --as-site), or --site auto, or first add the new site "
-            f"from its unlabelled images: crosssite adapt {checkpoint} --site {site}=FOLDER --out NEW.pt"
-        )
-    return site_names.index(site)
 
 
 def symmetric_kl(m: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
@@ -51,14 +38,14 @@ def symmetric_kl(m: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, var: torch.
 @torch.no_grad()
 def bn_distances(method, images: np.ndarray, batch_size: int = 64) -> list[float]:
     """Per known site, the mean symmetric KL between the images' pre-BN activations and its BN statistics."""
-    layers = [m for m in method.modules() if isinstance(m, SiteBatchNorm)]
-    if not layers:
+    if not method.site_batch_norms(0):
         raise CrossSiteError(f"--site {AUTO} needs a model with site-specific batch norm "
                              f"(method {method.name!r} has none): pass a known site with --site")
     method.eval()
     where = next(method.parameters()).device
     distances = []
     for site in range(method.num_sites):
+        layers = method.site_batch_norms(site)
         # per layer and channel: [count, sum, sum of squares] of the incoming activations
         sums = [[0, 0.0, 0.0] for _ in layers]
 
@@ -78,10 +65,9 @@ def bn_distances(method, images: np.ndarray, batch_size: int = 64) -> list[float
             for h in handles:
                 h.remove()
         per_layer = []
-        for layer, (n, s, q) in zip(layers, sums):
+        for bn, (n, s, q) in zip(layers, sums):
             if n == 0:  # not on the prediction path (the contrastive projection head)
                 continue
-            bn = layer.bns[site]
             mean = s / n
             var = (q / n - mean ** 2).clamp_min(0) + bn.eps
             per_layer.append(symmetric_kl(mean, var, bn.running_mean.double(),
@@ -123,11 +109,10 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
         return predict_with_exports(checkpoint, site, images, batch_size)
     if Path(checkpoint).suffix == ".onnx" or Path(checkpoint).is_dir():
         raise CrossSiteError(f"{checkpoint}: not a checkpoint; run ONNX exports with --backend onnxruntime")
-    payload = load_checkpoint(checkpoint)
-    method, config, site_names = method_from_checkpoint(payload, checkpoint)
-    method.to(resolve_device(device))
+    trained = load_trained(checkpoint, device)
+    method, config, site_names = trained.method, trained.config, trained.site_names
     if site != AUTO:
-        index = site_index(site_names, site, checkpoint)
+        index = trained.site_index(site)
     if not images:
         raise CrossSiteError("no images given")
     inputs = expand_inputs(images, config.slices)
@@ -141,10 +126,10 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
     probs = iter(np.asarray(predict_proba(method, batch, index, batch_size, compile=compile)).tolist())
     rows = []
     for scan, paths in inputs:
-        row = [{"path": str(p), "p_covid": q, "label": LABEL_NAMES[int(q >= 0.5)]} for p, q in zip(paths, probs)]
+        row = [{"path": str(p), "p_covid": q, "label": label_name(q)} for p, q in zip(paths, probs)]
         if scan is not None:
             p_scan = aggregate([r["p_covid"] for r in row], how, top_k)
-            row = [{"path": scan, "p_covid": p_scan, "label": LABEL_NAMES[int(p_scan >= 0.5)],
+            row = [{"path": scan, "p_covid": p_scan, "label": label_name(p_scan),
                     "aggregate": describe(how, top_k), "slices": row}]
         rows += [{**r, **extra} for r in row]
     return rows

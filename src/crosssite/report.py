@@ -21,28 +21,16 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .errors import CrossSiteError
-from .evaluate import METRIC_NAMES
+from .metrics import is_covid
 from .io import atomic_write_text
 from .scans import describe, level_metrics
 from .stats import BOOTSTRAP_REPLICATES, bootstrap_auc, paired_difference, percentile_interval
-from .sweep import PROVENANCE, ROW_BY_NAME, Row, job_name, planned_names, read_results, read_sweep_settings
+from .paper import COMPARED_METRIC, COMPARISONS, FIG3_PANELS, OURS, ROW_BY_NAME, TABLE1_METRICS, Row, planned_names
+from .sweep import PROVENANCE, job_name, read_results, read_sweep_settings
 
-METRICS = METRIC_NAMES[:5]  # Table I of the paper: all but specificity
-TESTED_METRIC = "auc"
-OURS = "contrastive"
-#: Table II: the paper's method against the baselines; Table III: against the comparison methods
-TABLE2 = ("single-redesign", "joint-redesign", "sepnorm")
-TABLE3 = ("series-adapter", "parallel-adapter", "ms-net")
-#: Fig. 3's panels: (title, rows)
-PANELS = (
-    ("(a) Single and Joint, both backbones", ("single-covidnet", "single-redesign", "joint-covidnet", "joint-redesign")),
-    ("(b) Contrastive vs Single and Joint", (OURS, "single-redesign", "joint-redesign")),
-    ("(c) Contrastive vs comparison methods", (OURS, *TABLE3)),
-)
 GRADCAM_EXAMPLES = 4  # correctly and wrongly classified test images per site in Figs. 4/5
 
 
@@ -89,7 +77,7 @@ def table1(res: SweepResults) -> list[dict]:
     for row in res.rows:
         jobs = res.ok(row.name)
         for site in res.sites:
-            for metric in METRICS:
+            for metric in TABLE1_METRICS:
                 values = [100 * j["sites"][site][metric] for j in jobs if site in j["sites"]]
                 values = [v for v in values if not math.isnan(v)]
                 entries.append(
@@ -125,7 +113,7 @@ def _cell(e: dict, latex: bool) -> str:
 
 def _table1_grid(res: SweepResults, entries: list[dict], site: str, latex: bool) -> list[list[str]]:
     cells = {(e["row"], e["metric"]): _cell(e, latex) for e in entries if e["site"] == site}
-    return [[r.display] + [cells[r.name, m] for m in METRICS] for r in res.rows if r.group != "grouped"]
+    return [[r.display] + [cells[r.name, m] for m in TABLE1_METRICS] for r in res.rows if r.group != "grouped"]
 
 
 # ---- test AUC of the chosen, final and last-k epochs, with patient-bootstrap intervals ----------
@@ -250,7 +238,7 @@ def paired_tests(res: SweepResults, comparisons: list[tuple[str, str]], aucs: di
                          if x and y and not (math.isnan(x[0]) or math.isnan(y[0]))]
                 tests.append({
                     "comparison": f"{ROW_BY_NAME[a].display} vs {ROW_BY_NAME[b].display}",
-                    "row": b, "site": site, "metric": TESTED_METRIC, "epoch": choice,
+                    "row": b, "site": site, "metric": COMPARED_METRIC, "epoch": choice,
                     **paired_difference([x for x, _ in pairs], [y for _, y in pairs]),
                 })
     return tests
@@ -379,8 +367,8 @@ def pooled_predictions(res: SweepResults, row: str) -> dict[str, tuple[np.ndarra
 def roc_figure(pooled: dict[str, dict], site: str) -> Figure:
     """Fig. 3 for one site; `pooled` maps row name -> `pooled_predictions` of that row."""
     fig = Figure(figsize=(15, 4.8))
-    axes = fig.subplots(1, len(PANELS))
-    for ax, (title, rows) in zip(axes, PANELS):
+    axes = fig.subplots(1, len(FIG3_PANELS))
+    for ax, (title, rows) in zip(axes, FIG3_PANELS):
         for name in rows:
             labels, probs = pooled.get(name, {}).get(site, ([], []))
             if len(set(labels)) < 2:
@@ -400,7 +388,7 @@ def roc_figure(pooled: dict[str, dict], site: str) -> Figure:
 def gradcam_figures(res: SweepResults, examples: int) -> tuple[dict[str, Figure], str]:
     """Per site a figure of Grad-CAM overlays (row 1 correct, row 2 wrong) from the first finished
     contrastive job with a best.pt, and a sentence saying which job it is (or why there is none)."""
-    from .checkpoint import load_checkpoint, method_from_checkpoint
+    from .checkpoint import load_trained
     from .gradcam import draw_overlay, explain
 
     jobs = [j for j in res.ok(OURS) if (res.folder / j["folder"] / "best.pt").is_file()]
@@ -408,7 +396,7 @@ def gradcam_figures(res: SweepResults, examples: int) -> tuple[dict[str, Figure]
         return {}, f"No Grad-CAM figures: no finished `{OURS}` job with its best.pt in {res.folder / 'jobs'}."
     job = jobs[0]
     checkpoint = res.folder / job["folder"] / "best.pt"
-    method, config, site_names = method_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+    trained = load_trained(checkpoint)
     with open(res.folder / job["folder"] / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     figures, unreadable = {}, []
@@ -416,12 +404,13 @@ def gradcam_figures(res: SweepResults, examples: int) -> tuple[dict[str, Figure]
         here = [r for r in rows if r["site"] == site]
         unreadable += [r["path"] for r in here if not Path(r["path"]).is_file()]
         here = [r for r in here if Path(r["path"]).is_file()]
-        correct = [r for r in here if (float(r["p_covid"]) >= 0.5) == (r["label"] == "1")][:examples]
-        wrong = [r for r in here if (float(r["p_covid"]) >= 0.5) != (r["label"] == "1")][:examples]
+        correct = [r for r in here if is_covid(float(r["p_covid"])) == (r["label"] == "1")][:examples]
+        wrong = [r for r in here if is_covid(float(r["p_covid"])) != (r["label"] == "1")][:examples]
         fig = Figure(figsize=(3 * examples, 6.6))
         axes = fig.subplots(2, examples, squeeze=False)
         for line, (kind, chosen) in enumerate((("correctly classified", correct), ("misclassified", wrong))):
-            results = explain(method, config, site_names.index(site), [Path(r["path"]) for r in chosen]) if chosen else []
+            results = explain(trained.method, trained.config, trained.site_index(site),
+                              [Path(r["path"]) for r in chosen]) if chosen else []
             for ax, r, result in zip(axes[line], chosen, results):
                 truth = "COVID" if r["label"] == "1" else "NonCOVID"
                 draw_overlay(ax, result, f"{result['path'].name}\ntrue {truth}, P(COVID)={result['p_covid']:.3f}")
@@ -471,7 +460,7 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
 
     entries = table1(res)
     atomic_write_text(tables / "table1.csv", _csv(entries))
-    header = ["Method"] + [m.capitalize() if m != "auc" else "AUC" for m in METRICS]
+    header = ["Method"] + [m.capitalize() if m != "auc" else "AUC" for m in TABLE1_METRICS]
     latex = []
     md += ["## Table I: test metrics per site", "",
            "Mean ± sample standard deviation (ddof=1) over folds x seeds, in %; best mean per column in bold; "
@@ -513,21 +502,16 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
         md += ["No site of this sweep has patient ids.", ""]
 
     said, tested = [], 0
-    for number, stem, comparisons, title in (
-        ("II", "table2", [(OURS, r) for r in TABLE2], "contrastive vs Single, Joint and SepNorm"),
-        ("III", "table3", [(OURS, r) for r in TABLE3], "contrastive vs the comparison methods"),
-        ("A", "ablations", [(r.name, OURS) for r in res.rows if r.group == "ablation"],
-         "ablations of the contrastive method vs the method as published"),
-    ):
+    for number, stem, comparisons, title in COMPARISONS:
         tests = paired_tests(res, comparisons, aucs)
         said += verdicts(tests)
         tested += sum(t["n_pairs"] > 1 for t in tests)
         atomic_write_text(tables / f"{stem}.csv", _csv(tests))
         grid = _tests_grid(res, tests)
-        caption = f"Paired differences of test {TESTED_METRIC.upper()}, {title}"
+        caption = f"Paired differences of test {COMPARED_METRIC.upper()}, {title}"
         atomic_write_text(tables / f"{stem}.tex", _latex(_tests_header(res), grid, caption))
         md += [f"## Table {number}: {caption}", "",
-               f"Mean paired difference (first row minus second) of per-job test {TESTED_METRIC.upper()} in "
+               f"Mean paired difference (first row minus second) of per-job test {COMPARED_METRIC.upper()} in "
                "points, jobs paired by (fold, seed), [95 % t-interval], p of SciPy `ttest_rel`, (n pairs); "
                "n/a where fewer than 2 pairs exist. Pairs that share a fold share a test set, so the "
                "interval treats seeds of one fold as independent: read it as optimistic.", "",

@@ -17,7 +17,7 @@ import numpy as np
 
 from .data.volumes import scan_of
 from .errors import CrossSiteError
-from .evaluate import site_metrics
+from .metrics import site_metrics
 
 AGGREGATES = ("topk", "max", "mean")
 TOP_K = 5
@@ -70,7 +70,7 @@ def grouped(rows: list[dict], level: str, how: str = "topk", top_k: int = TOP_K)
 
 
 def level_metrics(rows: list[dict], how: str = "topk", top_k: int = TOP_K) -> dict[str, dict[str, dict]]:
-    """{"scan": {site: metrics}, "patient": {site: metrics}} (crosssite.evaluate.site_metrics, n = groups).
+    """{"scan": {site: metrics}, "patient": {site: metrics}} (crosssite.metrics.site_metrics, n = groups).
 
     A site appears at scan level if it has scans, at patient level if any of its rows names a patient.
     """

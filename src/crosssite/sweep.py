@@ -37,66 +37,10 @@ from tqdm import tqdm
 from .config import TrainConfig
 from .errors import CrossSiteError
 from .io import append_jsonl, atomic_write_text, read_jsonl, read_yaml
+from .paper import ROW_GROUPS, Row, planned_names, select_rows
 
 
-@dataclass(frozen=True)
-class Row:
-    """One row of a table: a method on a backbone with settings of its own, and how the report names it."""
-
-    name: str
-    display: str
-    method: str
-    backbone: str = "covidnet-redesign"
-    settings: tuple[tuple[str, object], ...] = ()  # TrainConfig fields this row sets over the sweep's
-    group: str = "table1"  # table1 (the paper's rows), ablation or grouped (duplicate-grouped folds)
-
-
-#: Table I of Wang, Liu & Dou 2020, in the paper's order
-TABLE1_ROWS = [
-    Row("single-covidnet", "Single (COVID-Net)", "single", "covidnet"),
-    Row("single-redesign", "Single (redesigned)", "single"),
-    Row("joint-covidnet", "Joint (COVID-Net)", "joint", "covidnet"),
-    Row("joint-redesign", "Joint (redesigned)", "joint"),
-    Row("series-adapter", "Series Adapter", "series-adapter"),
-    Row("parallel-adapter", "Parallel Adapter", "parallel-adapter"),
-    Row("ms-net", "MS-Net", "ms-net"),
-    Row("sepnorm", "SepNorm", "sepnorm"),
-    Row("contrastive", "Contrastive (ours)", "contrastive"),
-]
-#: ablations of the paper's method (ours, not the paper's; docs/methods.md)
-ABLATION_ROWS = [
-    Row("contrastive-alpha0.1", "Contrastive, alpha 0.1", "contrastive", settings=(("alpha", 0.1),), group="ablation"),
-    Row("contrastive-linear-head", "Contrastive, linear projection end", "contrastive",
-        settings=(("projection_head", "linear"),), group="ablation"),
-    Row("contrastive-tau0.2", "Contrastive, tau 0.2", "contrastive", settings=(("temperature", 0.2),), group="ablation"),
-]
-#: rows re-run on folds that keep near-duplicate images together (Site A has no patient ids)
-GROUPED_ROWS = [
-    Row(f"{name}-grouped", f"{display}, grouped folds", method, settings=(("group_duplicates", 0.95),), group="grouped")
-    for name, display, method in (
-        ("joint-redesign", "Joint (redesigned)", "joint"),
-        ("sepnorm", "SepNorm", "sepnorm"),
-        ("contrastive", "Contrastive (ours)", "contrastive"),
-    )
-]
-ROWS = TABLE1_ROWS + ABLATION_ROWS + GROUPED_ROWS  # the one list of rows a sweep can run, in report order
-ROW_BY_NAME = {r.name: r for r in ROWS}
-ROW_GROUPS = {"table1": TABLE1_ROWS, "ablations": ABLATION_ROWS, "grouped": GROUPED_ROWS, "all": ROWS}
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def select_rows(names: list[str]) -> list[Row]:
-    """Rows by name or group (table1, ablations, grouped, all), in report order; a name may be a
-    comma-separated list."""
-    wanted = [n for item in names for n in item.replace(",", " ").split()]
-    unknown = [n for n in wanted if n not in ROW_BY_NAME and n not in ROW_GROUPS]
-    if unknown or not wanted:
-        raise CrossSiteError(
-            f"unknown row(s) {', '.join(unknown) or '(none given)'} for --methods; known: "
-            f"{', '.join(ROW_GROUPS)}, {', '.join(ROW_BY_NAME)}"
-        )
-    chosen = {r.name for n in wanted for r in ROW_GROUPS.get(n, [ROW_BY_NAME.get(n)])}
-    return [r for r in ROWS if r.name in chosen]  # report order, whatever the order given
 
 
 def parse_row_seeds(items: list[str] | None, rows: list[Row], seeds: int) -> dict[str, int]:
@@ -109,7 +53,7 @@ def parse_row_seeds(items: list[str] | None, rows: list[Row], seeds: int) -> dic
         for name in names.replace(",", " ").split():
             chosen = [r for r in select_rows([name]) if name not in ROW_GROUPS or r in rows]  # a group: its rows here
             if any(r not in rows for r in chosen):
-                raise CrossSiteError(f"--row-seeds {item!r}: row {name} is not in this sweep's --methods")
+                raise CrossSiteError(f"--row-seeds {item!r}: row {name} is not in this sweep's --rows")
             row_seeds.update({r.name: int(number) for r in chosen})
     return {name: n for name, n in row_seeds.items() if n < seeds}
 
@@ -132,16 +76,6 @@ class Job:
 
 def job_name(row: str, fold: int, seed: int) -> str:
     return f"{row}-fold{fold}-seed{seed}"
-
-
-def planned_names(rows: list[Row], folds: int, seeds: int, row_seeds: dict[str, int]) -> list[tuple[Row, int, int]]:
-    """Every (row, fold, seed) in running order, so that a stopped sweep holds whole seeds of its main
-    comparison: the paper's rows run at every seed first (seeds outermost), then the other rows run at
-    every seed (ablations), then the rows run at fewer seeds."""
-    cells = [(row, fold, seed) for seed in range(seeds) for row in rows for fold in range(folds)
-             if seed < row_seeds.get(row.name, seeds)]
-    # sorted is stable: within a key, rows keep report order and folds their order
-    return sorted(cells, key=lambda c: (c[0].name in row_seeds, c[0].group != "table1", c[2]))
 
 
 def plan(base: TrainConfig, rows: list[Row], seeds: int, out: Path, row_seeds: dict[str, int] | None = None) -> list[Job]:

@@ -21,7 +21,6 @@ import io
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,45 +28,21 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_trained, save_checkpoint
 from .config import EXECUTION_SETTINGS, TrainConfig, load_config, save_config
 from .data.images import DecodedCache
 from .data.sampling import epoch_batches
-from .data.sites import Site, load_sites
+from .data.sites import load_sites
 from .data.splits import load_splits, make_splits, save_splits
 from .data.transforms import random_crop_flip
 from .errors import CrossSiteError, DivergedError
-from .evaluate import mean_auc, predict_proba, site_metrics
+from .evaluate import RunData, evaluate_part
 from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from .metrics import mean_auc, site_metrics
 from .methods import check_method, create_method
 
 #: steps between reads of the device (progress bar, divergence check); a read waits for the GPU
 READ_EVERY = 25
-
-
-@dataclass
-class RunData:
-    """The sites of a run, their split, and the decoded-image cache."""
-
-    sites: dict[str, Site]
-    splits: dict[str, dict[str, list[int]]]
-    cache: DecodedCache
-
-    @property
-    def site_names(self) -> list[str]:
-        return list(self.sites)
-
-    def paths(self, site: str, part: str) -> list[Path]:
-        samples = self.sites[site].samples
-        return [samples[i].path for i in self.splits[site][part]]
-
-    def labels(self, site: str, part: str) -> np.ndarray:
-        return self.sites[site].labels()[self.splits[site][part]]
-
-    def patients(self, site: str, part: str) -> list[str]:
-        """Patient id of each image of the part ('' where the site has none)."""
-        samples = self.sites[site].samples
-        return [samples[i].patient or "" for i in self.splits[site][part]]
 
 
 def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = True) -> RunData:
@@ -85,26 +60,6 @@ def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = 
         data.cache.preload(data.paths(name, "train"), f"decode {name} train", variants=("train",), progress=progress)
         data.cache.preload(evaluated, f"decode {name} val+test", variants=("eval",), progress=progress)
     return data
-
-
-def evaluate_part(method, data: RunData, part: str, batch_size: int,
-                  bn_sites: dict[str, int] | None = None, compile: bool = False) -> tuple[dict[str, dict], list[dict]]:
-    """Metrics per site on one part of the split, and one prediction row per image.
-
-    `bn_sites` maps a site to the model's site index to predict with (default: its position in the run).
-    """
-    per_site, rows = {}, []
-    for position, name in enumerate(data.site_names):
-        site_index = position if bn_sites is None else bn_sites[name]
-        paths = data.paths(name, part)
-        labels = data.labels(name, part)
-        probs = predict_proba(method, data.cache.eval_batch(paths), site_index, batch_size, compile=compile)
-        per_site[name] = site_metrics(labels, probs)
-        rows += [
-            {"site": name, "path": str(p), "patient": g, "label": int(y), "p_covid": float(q)}
-            for p, g, y, q in zip(paths, data.patients(name, part), labels, probs)
-        ]
-    return per_site, rows
 
 
 def _train_batch(data: RunData, site: str, indices: np.ndarray, image_size: int, rng: np.random.Generator):
@@ -329,11 +284,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
 
 def test_best(config: TrainConfig, data: RunData, out: Path, device: str = "auto") -> dict:
     """Evaluate best.pt on the test part and write metrics.json and predictions.csv."""
-    best = load_checkpoint(out / "best.pt", expect_method=config.method)
-    method = create_method(config.method, len(data.sites), config)
-    method.load_state_dict(best["model"])
-    method.to(distributed.device(device))
-    per_site, rows = evaluate_part(method, data, "test", config.eval_batch_size)
+    trained = load_trained(out / "best.pt", device, expect_method=config.method)
+    best = trained.payload
+    per_site, rows = evaluate_part(trained.method, data, "test", config.eval_batch_size)
     metrics = {
         "method": config.method,
         "backbone": config.backbone,

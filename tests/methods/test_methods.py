@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from crosssite.checkpoint import load_checkpoint, method_from_checkpoint, save_checkpoint
+from crosssite.checkpoint import load_trained, save_checkpoint
 from crosssite.config import TrainConfig
 from crosssite.errors import CrossSiteError
 from crosssite.methods import METHODS, create_method
@@ -67,7 +67,8 @@ def test_checkpoint_reloads_identical_model(name, tmp_path):
     method.update(tiny_minibatches())
     config = method.config
     save_checkpoint(tmp_path / "m.pt", method, config, ["a", "b"])
-    again, config2, sites = method_from_checkpoint(load_checkpoint(tmp_path / "m.pt", expect_method=name))
+    trained = load_trained(tmp_path / "m.pt", expect_method=name)
+    again, config2, sites = trained.method, trained.config, trained.site_names
     assert sites == ["a", "b"] and config2 == config
     method.eval()
     x = torch.randn(2, 3, 64, 64)

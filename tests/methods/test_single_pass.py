@@ -7,12 +7,14 @@ import torch.nn.functional as F
 from crosssite.config import TrainConfig
 from crosssite.distributed import make_update
 from crosssite.losses import supervised_nt_xent
-from crosssite.methods import create_method
+from crosssite.methods import METHODS, create_method
 from crosssite.models.site_bn import SiteSpecific, use_site
 from crosssite.opcount import count_ops
 
 SMALL = dict(image_size=64, width=0.25, batch_per_site=4, lr=1e-3)
-ONE_NETWORK_SITE_SPECIFIC = ["sepnorm", "contrastive", "series-adapter", "parallel-adapter", "ms-net"]
+#: the registered methods with site-specific layers in one shared network (single has a network per site)
+ONE_NETWORK_SITE_SPECIFIC = [name for name, cls in METHODS.items() if not cls.independent_sites and any(
+    isinstance(m, SiteSpecific) for m in create_method(name, 2, TrainConfig(method=name, **SMALL)).modules())]
 
 
 def build(name):
@@ -114,3 +116,8 @@ def test_a_contrastive_step_dispatches_about_as_few_operations_as_joint():
     contrastive, joint = steady_step_ops("contrastive"), steady_step_ops("joint")
     assert contrastive <= 1900
     assert contrastive < 1.2 * joint
+
+
+def test_the_one_network_methods_are_found():
+    assert {"sepnorm", "contrastive", "ms-net"} <= set(ONE_NETWORK_SITE_SPECIFIC)
+    assert not {"single", "joint"} & set(ONE_NETWORK_SITE_SPECIFIC)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from crosssite.models import layers
-from crosssite.models import create_model
+from crosssite.models import MODELS, create_model
 from crosssite.models.layers import PointwiseConv, as_torch_layers, max_pool_2x2, relu_max_pool_2x2
 
 SHAPES = [(2, 3, 8, 8), (2, 5, 7, 7), (3, 4, 6, 9), (1, 2, 3, 3)]  # odd sides: the last row/column is dropped
@@ -92,7 +92,7 @@ def test_pointwise_conv_takes_the_matrix_product_only_on_small_channels_last_map
     assert list(conv.state_dict()) == list(torch.nn.Conv2d(4, 4, 1).state_dict())
 
 
-@pytest.mark.parametrize("name", ["covidnet-redesign", "covidnet"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_as_torch_layers_computes_the_same_with_torch_layers_only(name):
     torch.manual_seed(0)
     net = create_model(name, width=0.125, image_size=64).train()

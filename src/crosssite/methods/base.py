@@ -16,6 +16,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..errors import CrossSiteError
 from ..models import create_model
+from ..models.site_bn import SiteBatchNorm, add_site
 
 #: one (images, labels) pair per site, in site order; None for a site that has no batch in this step
 Minibatches = list[tuple[torch.Tensor, torch.Tensor] | None]
@@ -141,6 +142,18 @@ class Method(nn.Module):
     def site_scope(self, site: int) -> contextlib.AbstractContextManager:
         """Context in which `self.network(site)(x)` returns the logits of `predict(x, site)`."""
         return contextlib.nullcontext()
+
+    def site_batch_norms(self, site: int) -> list[nn.Module]:
+        """`site`'s copy of every site-specific batch norm, in module order (none for shared batch norm)."""
+        return [m.bns[site] for m in self.modules() if isinstance(m, SiteBatchNorm)]
+
+    def add_site(self) -> int:
+        """Add a site seen only after training (crosssite.adapt): one more copy of every site batch norm
+        (models.site_bn.add_site); returns its index. ValueError where the method has no site batch norm
+        or other site-specific layers, which unlabelled images cannot fit."""
+        index = add_site(self)
+        self.num_sites += 1
+        return index
 
     def check_site(self, site: int) -> None:
         if not 0 <= site < self.num_sites:

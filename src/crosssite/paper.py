@@ -1,0 +1,104 @@
+"""The experiment design of Wang, Liu & Dou 2020, in one place: the rows a sweep can run, which row is
+the paper's method, what Tables I-III and Fig. 3 show, and the order in which jobs run.
+
+`crosssite sweep` plans its jobs from these rows; `crosssite report` lays out its tables and figures
+from them. A new row, comparison or panel is one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import CrossSiteError
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: a method on a backbone with settings of its own, and how the report names it."""
+
+    name: str
+    display: str
+    method: str
+    backbone: str = "covidnet-redesign"
+    settings: tuple[tuple[str, object], ...] = ()  # TrainConfig fields this row sets over the sweep's
+    group: str = "table1"  # table1 (the paper's rows), ablation or grouped (duplicate-grouped folds)
+
+
+#: Table I of the paper, in the paper's order
+TABLE1_ROWS = [
+    Row("single-covidnet", "Single (COVID-Net)", "single", "covidnet"),
+    Row("single-redesign", "Single (redesigned)", "single"),
+    Row("joint-covidnet", "Joint (COVID-Net)", "joint", "covidnet"),
+    Row("joint-redesign", "Joint (redesigned)", "joint"),
+    Row("series-adapter", "Series Adapter", "series-adapter"),
+    Row("parallel-adapter", "Parallel Adapter", "parallel-adapter"),
+    Row("ms-net", "MS-Net", "ms-net"),
+    Row("sepnorm", "SepNorm", "sepnorm"),
+    Row("contrastive", "Contrastive (ours)", "contrastive"),
+]
+#: ablations of the paper's method (ours, not the paper's; docs/methods.md)
+ABLATION_ROWS = [
+    Row("contrastive-alpha0.1", "Contrastive, alpha 0.1", "contrastive", settings=(("alpha", 0.1),), group="ablation"),
+    Row("contrastive-linear-head", "Contrastive, linear projection end", "contrastive",
+        settings=(("projection_head", "linear"),), group="ablation"),
+    Row("contrastive-tau0.2", "Contrastive, tau 0.2", "contrastive", settings=(("temperature", 0.2),), group="ablation"),
+]
+#: rows re-run on folds that keep near-duplicate images together (Site A has no patient ids)
+GROUPED_ROWS = [
+    Row(f"{name}-grouped", f"{display}, grouped folds", method, settings=(("group_duplicates", 0.95),), group="grouped")
+    for name, display, method in (
+        ("joint-redesign", "Joint (redesigned)", "joint"),
+        ("sepnorm", "SepNorm", "sepnorm"),
+        ("contrastive", "Contrastive (ours)", "contrastive"),
+    )
+]
+ROWS = TABLE1_ROWS + ABLATION_ROWS + GROUPED_ROWS  # the one list of rows a sweep can run, in report order
+ROW_BY_NAME = {r.name: r for r in ROWS}
+ROW_GROUPS = {"table1": TABLE1_ROWS, "ablations": ABLATION_ROWS, "grouped": GROUPED_ROWS, "all": ROWS}
+
+#: the paper's method: the first row of every comparison, the model of the Grad-CAM figures
+OURS = "contrastive"
+#: Table I's columns: every metric of crosssite.metrics but specificity
+TABLE1_METRICS = ("accuracy", "f1", "recall", "precision", "auc")
+#: the metric whose paired differences Tables II, III and the ablation table report
+COMPARED_METRIC = "auc"
+#: Table II: the paper's method against the baselines; Table III: against the comparison methods
+TABLE2 = ("single-redesign", "joint-redesign", "sepnorm")
+TABLE3 = ("series-adapter", "parallel-adapter", "ms-net")
+#: the tables of paired differences: (number, file stem, (row a, row b) pairs reported as a - b, title)
+COMPARISONS = (
+    ("II", "table2", tuple((OURS, r) for r in TABLE2), "contrastive vs Single, Joint and SepNorm"),
+    ("III", "table3", tuple((OURS, r) for r in TABLE3), "contrastive vs the comparison methods"),
+    ("A", "ablations", tuple((r.name, OURS) for r in ABLATION_ROWS),
+     "ablations of the contrastive method vs the method as published"),
+)
+#: Fig. 3's panels: (title, rows)
+FIG3_PANELS = (
+    ("(a) Single and Joint, both backbones", ("single-covidnet", "single-redesign", "joint-covidnet", "joint-redesign")),
+    ("(b) Contrastive vs Single and Joint", (OURS, "single-redesign", "joint-redesign")),
+    ("(c) Contrastive vs comparison methods", (OURS, *TABLE3)),
+)
+
+
+def select_rows(names: list[str]) -> list[Row]:
+    """Rows by name or group (table1, ablations, grouped, all), in report order; a name may be a
+    comma-separated list."""
+    wanted = [n for item in names for n in item.replace(",", " ").split()]
+    unknown = [n for n in wanted if n not in ROW_BY_NAME and n not in ROW_GROUPS]
+    if unknown or not wanted:
+        raise CrossSiteError(
+            f"unknown row(s) {', '.join(unknown) or '(none given)'} for --rows; known: "
+            f"{', '.join(ROW_GROUPS)}, {', '.join(ROW_BY_NAME)}"
+        )
+    chosen = {r.name for n in wanted for r in ROW_GROUPS.get(n, [ROW_BY_NAME.get(n)])}
+    return [r for r in ROWS if r.name in chosen]  # report order, whatever the order given
+
+
+def planned_names(rows: list[Row], folds: int, seeds: int, row_seeds: dict[str, int]) -> list[tuple[Row, int, int]]:
+    """Every (row, fold, seed) in running order, so that a stopped sweep holds whole seeds of its main
+    comparison: the paper's rows run at every seed first (seeds outermost), then the other rows run at
+    every seed (ablations), then the rows run at fewer seeds."""
+    cells = [(row, fold, seed) for seed in range(seeds) for row in rows for fold in range(folds)
+             if seed < row_seeds.get(row.name, seeds)]
+    # sorted is stable: within a key, rows keep report order and folds their order
+    return sorted(cells, key=lambda c: (c[0].name in row_seeds, c[0].group != "table1", c[2]))
