@@ -39,7 +39,7 @@ from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.sites import SAMPLE_DATA, is_image
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
-from .errors import CheckpointError, CrossSiteError
+from .errors import CrossSiteError
 from .inference import fold_batch_norms, predict_proba, site_network
 from .io import atomic_write
 from .metrics import is_covid

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .errors import CrossSiteError
