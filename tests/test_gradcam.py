@@ -46,7 +46,7 @@ def test_map_has_the_image_size_is_finite_and_depends_on_the_class():
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_gives_gradcam_the_network_that_predicts_for_the_site(name):
-    backbone = METHODS[name].backbones[0]
+    backbone = METHODS[name].supported_backbones()[0]
     method = create_method(name, 2, CONFIG.replace(backbone=backbone)).eval()
     x = torch.randn(3, 3, 64, 64)
     for site in (0, 1):

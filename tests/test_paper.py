@@ -15,7 +15,7 @@ def test_design_names_only_known_things():
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert len(ROW_BY_NAME) == len(ROWS)  # row names are unique
     for row in ROWS:
-        assert row.method in METHODS and row.backbone in METHODS[row.method].backbones
+        assert row.method in METHODS and row.backbone in METHODS[row.method].supported_backbones()
         assert {k for k, _ in row.settings} <= fields
     assert set(TABLE1_METRICS) <= set(METRIC_NAMES) and COMPARED_METRIC in METRIC_NAMES
     named = [OURS] + [n for _, _, pairs, _ in COMPARISONS for pair in pairs for n in pair]

@@ -48,7 +48,7 @@ def registry_help(name: str) -> str:
 
     if name == "method":
         return ", ".join(METHODS)
-    both = [m for m, cls in METHODS.items() if len(cls.backbones) > 1]
+    both = [m for m, cls in METHODS.items() if len(cls.supported_backbones()) > 1]
     return f"{' or '.join(MODELS)} ({' and '.join(both)} take {'both' if len(MODELS) == 2 else 'all'})"
 
 

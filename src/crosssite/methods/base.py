@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import CrossSiteError
-from ..models import create_model
+from ..models import CAPABILITIES, Backbone, create_model
 from ..models.site_bn import SiteBatchNorm, add_site
 
 #: one (images, labels) pair per site, in site order; None for a site that has no batch in this step
@@ -31,8 +31,8 @@ class Method(nn.Module):
     """Base class; subclasses build their networks in `__init__` and call `_finish_init()`."""
 
     name: str = ""
-    #: backbones the method can be built on; the first is its default
-    backbones: tuple[str, ...] = ("covidnet-redesign",)
+    #: what the method does to its backbone beyond the contract (capability names, models.contract)
+    needs: frozenset[str] = frozenset()
     #: True where each site has a network of its own sharing nothing (then each site's best epoch is its own)
     independent_sites: bool = False
 
@@ -43,17 +43,27 @@ class Method(nn.Module):
         self.config = config
 
     @classmethod
+    def supported_backbones(cls) -> tuple[str, ...]:
+        """The registered backbones that have every capability the method needs; the default first."""
+        names = [name for name, offers in CAPABILITIES.items() if cls.needs <= offers]
+        return tuple(sorted(names, key=lambda name: name != TrainConfig.backbone))
+
+    @classmethod
     def check_backbone(cls, backbone: str) -> None:
-        if backbone not in cls.backbones:
-            raise CrossSiteError(f"method {cls.name!r} runs on backbone(s) {', '.join(cls.backbones)}, not {backbone!r}")
+        backbones = cls.supported_backbones()
+        if backbone not in backbones:
+            raise CrossSiteError(f"method {cls.name!r} runs on backbone(s) {', '.join(backbones)}, not {backbone!r}")
 
     def make_backbone(self, projection: bool = False) -> nn.Module:
         """A fresh backbone as configured; `projection` keeps the contrastive projection head."""
         c = self.config
-        return create_model(
+        net = create_model(
             c.backbone, width=c.width, image_size=c.image_size, pepx_relu=c.pepx_relu, projection=projection,
             **({"projection_head": c.projection_head} if projection else {}),
         )
+        if not isinstance(net, Backbone):
+            raise TypeError(f"backbone {c.backbone!r} does not meet crosssite.models.contract.Backbone")
+        return net
 
     def _finish_init(self) -> None:
         # fused: one kernel per step instead of several passes per parameter tensor (~4x faster on a CPU);
@@ -126,7 +136,7 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def network(self, site: int) -> nn.Module:
-        """The network that predicts for `site` (a COVIDNet, maybe with site batch norm).
+        """The network that predicts for `site` (a `models.Backbone`, maybe with site batch norm).
 
         Tools that look inside the model (Grad-CAM hooks its `last_stage`) use this and
         `site_scope` instead of special cases per method.

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ..distributed import gather
 from ..losses import supervised_nt_xent
+from ..models.contract import PROJECTION
 from .base import Minibatches
 from .registry import register
 from .sepnorm import SepNorm
@@ -14,6 +15,7 @@ from .sepnorm import SepNorm
 
 @register("contrastive")
 class Contrastive(SepNorm):
+    needs = SepNorm.needs | {PROJECTION}
     projection = True
 
     def loss(self, minibatches: Minibatches) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

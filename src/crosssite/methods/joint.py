@@ -11,7 +11,6 @@ from .registry import register
 
 @register("joint")
 class Joint(Method):
-    backbones = ("covidnet-redesign", "covidnet")
 
     def __init__(self, num_sites, config):
         super().__init__(num_sites, config)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..models.contract import BATCH_NORM
 from ..models.site_bn import convert_to_site_bn, use_site, use_sites
 from .base import Method, Minibatches, present
 from .registry import register
@@ -15,6 +16,7 @@ from .registry import register
 
 @register("sepnorm")
 class SepNorm(Method):
+    needs = frozenset({BATCH_NORM})
     projection = False
 
     def __init__(self, num_sites, config):

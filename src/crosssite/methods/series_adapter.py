@@ -8,12 +8,14 @@ and prediction are SepNorm's (each site's batch through its own BNs, adapters, h
 from __future__ import annotations
 
 from ..models.adapters import add_site_adapters, per_site_last_layer
+from ..models.contract import PEPX_BLOCKS
 from .registry import register
 from .sepnorm import SepNorm
 
 
 @register("series-adapter")
 class SeriesAdapter(SepNorm):
+    needs = SepNorm.needs | {PEPX_BLOCKS}
     placement = "series"
 
     def make_backbone(self, projection=False):

@@ -12,7 +12,6 @@ from .registry import register
 
 @register("single")
 class Single(Method):
-    backbones = ("covidnet-redesign", "covidnet")
     independent_sites = True
 
     def __init__(self, num_sites, config):

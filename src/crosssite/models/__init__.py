@@ -1,4 +1,4 @@
-"""Model registry: ``create_model(name, **kwargs)``."""
+"""Backbone registry: ``create_model(name, **kwargs)``; each backbone meets `contract.Backbone`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from .contract import BATCH_NORM, CAPABILITY_NAMES, PEPX_BLOCKS, PROJECTION, Backbone
 from .covidnet import COVIDNet
 from .site_bn import SiteBatchNorm, SiteSpecific, convert_to_site_bn, num_sites, set_site, use_site, use_sites
 
@@ -18,10 +19,26 @@ def _covidnet_redesign(**kwargs) -> nn.Module:
     return COVIDNet(redesign=True, **kwargs)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "covidnet": _covidnet,
-    "covidnet-redesign": _covidnet_redesign,
-}
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+#: what each registered backbone offers beyond the contract (crosssite.models.contract)
+CAPABILITIES: dict[str, frozenset[str]] = {}
+
+
+def register_backbone(name: str, factory: Callable[..., nn.Module], capabilities=()) -> None:
+    """Offer `factory`'s networks as backbone `name` (for --backbone and every method whose needs it meets)."""
+    unknown = set(capabilities) - set(CAPABILITY_NAMES)
+    if unknown:
+        raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {', '.join(CAPABILITY_NAMES)}")
+    MODELS[name] = factory
+    CAPABILITIES[name] = frozenset(capabilities)
+
+
+def unregister_backbone(name: str) -> None:
+    del MODELS[name], CAPABILITIES[name]
+
+
+register_backbone("covidnet", _covidnet)  # no batch norm, no projection head
+register_backbone("covidnet-redesign", _covidnet_redesign, (BATCH_NORM, PROJECTION, PEPX_BLOCKS))
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -34,6 +51,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
+    "CAPABILITIES",
+    "Backbone",
     "COVIDNet",
     "MODELS",
     "SiteBatchNorm",
@@ -41,7 +60,9 @@ __all__ = [
     "convert_to_site_bn",
     "create_model",
     "num_sites",
+    "register_backbone",
     "set_site",
+    "unregister_backbone",
     "use_site",
     "use_sites",
 ]
