@@ -64,3 +64,16 @@ def test_groups_join_near_duplicates_and_patients(images):
     # a patient link joins the two clusters into one
     joined = duplicate_groups(paths, 0.95, np.array(["p1", "p2", "p3", "p1", "p4"], dtype=object))
     assert len(set(joined)) == 1
+
+
+def test_slices_of_a_ct_volume_are_fingerprinted_through_the_window(tmp_path, metaimage_writer):
+    """`audit` and `--group-duplicates` read CT slices as training does (HU through the lung window)."""
+    from crosssite.data.volumes import scan_slices
+
+    hu = np.full((3, 16, 16), -1000, np.int16)
+    hu[:, 4:12, 4:12] = -400
+    hu[2, 2:6, 8:14] = 40  # the third slice differs
+    volume = metaimage_writer(tmp_path / "v.mha", hu)
+    hashes, thumbs = fingerprints(scan_slices(str(volume))[0])
+    assert hashes[0] == hashes[1] != hashes[2]
+    assert np.isclose(thumbs[0] @ thumbs[1], 1.0) and thumbs[0] @ thumbs[2] < 0.99

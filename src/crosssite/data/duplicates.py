@@ -22,7 +22,7 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from crosssite.data.images import load_grayscale
+from crosssite.data.images import load_image
 
 THUMB_SIDE = 32
 DEFAULT_THRESHOLD = 0.95
@@ -30,8 +30,8 @@ _BLOCK = 1024  # rows per block of the correlation matrix: 1024 x N float32 stay
 
 
 def fingerprint(path: Path) -> tuple[str, np.ndarray]:
-    """(sha256 of the decoded pixels, standardised THUMB_SIDE^2 thumbnail) of one image."""
-    img = load_grayscale(Path(path))
+    """(sha256 of the decoded pixels, standardised THUMB_SIDE^2 thumbnail) of one image or CT slice (lung window)."""
+    img = load_image(path)
     digest = hashlib.sha256(f"{img.shape}".encode() + img.tobytes()).hexdigest()
     thumb = np.asarray(Image.fromarray(img).resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), np.float32)
     thumb = thumb.ravel() - thumb.mean()
