@@ -81,11 +81,14 @@ def test_single_pass_equals_one_pass_per_site(name, sites):
     for a, b in zip(out, ref_out):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert grads.keys() == ref_grads.keys()
+    largest = max(g.abs().max().item() for g in ref_grads.values())
     for k in grads:
         # float rounding relative to the largest entry (sums over many rows in another order); a bias just
-        # before a batch norm has a gradient of zero up to that rounding
+        # before a batch norm has a gradient of zero up to the rounding of the whole network's sums, which
+        # depends on the thread count: hence a term relative to the network's largest gradient
         scale = ref_grads[k].abs().max().item()
-        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-3, atol=1e-5 * scale + 1e-4, msg=k)
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-3, atol=1e-5 * scale + 1e-5 * largest + 1e-4,
+                                   msg=k)
     assert buffers.keys() == ref_buffers.keys()
     for k in buffers:  # running statistics and batch counts of every site's copies
         torch.testing.assert_close(buffers[k], ref_buffers[k], rtol=1e-4, atol=1e-6, msg=k)
