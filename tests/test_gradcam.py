@@ -11,7 +11,7 @@ from crosssite.config import TrainConfig
 from crosssite.data.images import DecodedCache, load_grayscale
 from crosssite.data.sites import SAMPLE_DATA
 from crosssite.data.transforms import to_tensor
-from crosssite.gradcam import explain, grad_cam
+from crosssite.gradcam import explain, grad_cam, upsample
 from crosssite.methods import METHODS, create_method
 
 CONFIG = TrainConfig(image_size=64, width=0.125)  # 64 px: a 2x2 last-stage map (32 px would give 1x1)
@@ -55,6 +55,14 @@ def test_every_method_gives_gradcam_the_network_that_predicts_for_the_site(name)
             assert torch.allclose(logits, method.predict(x, site), atol=1e-5)
         assert cam.shape == (3, 2, 2) and torch.isfinite(cam).all()
     assert all(p.grad is None for p in method.parameters())  # Grad-CAM leaves no gradients behind
+
+
+def test_summation_noise_does_not_change_the_drawn_map():
+    cam = torch.tensor([[0.22664689976341448, 0.6044468526156941], [0.18706186455750706, 0.0]], dtype=torch.float64)
+    noisy = torch.nextafter(cam, torch.full_like(cam, 2.0))  # one ulp up, as another thread count may give
+    drawn = upsample(cam, (97, 131))
+    assert np.array_equal(drawn, upsample(noisy, (97, 131)))
+    assert drawn.max() == 1.0 and drawn.min() == 0.0
 
 
 def test_gradcam_command_writes_one_png_per_image(tmp_path, capsys):

@@ -268,6 +268,7 @@ def duplicate_listing_csv(tmp_path):
     (dict(eval_batch_size=0), "eval_batch_size"),
     (dict(grad_clip=-1.0), "grad_clip"),
     ("duplicates", "already listed on line 2"),
+    (dict(sites=[f"again={SAMPLE_DATA / 'covid-ct'}"]), "belongs to both site 'covid-ct' and site 'again'"),
 ])
 def test_bad_settings_and_data_fail_before_anything_is_written(tmp_path, change, message):
     if change == "duplicates":

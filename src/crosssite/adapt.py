@@ -19,7 +19,7 @@ import torch
 
 from .checkpoint import load_trained, save_checkpoint
 from .data.images import DecodedCache
-from .data.sites import is_image
+from .data.sites import is_image, parse_site_arg
 from .data.volumes import find_scans, is_scan_path, scan_slices
 from .data.transforms import to_tensor
 from .errors import CrossSiteError, DataError
@@ -69,10 +69,7 @@ def estimate_bn_statistics(method, site: int, images: np.ndarray, batch_size: in
 
 def adapt_checkpoint(checkpoint: Path, site_arg: str, out: Path, batch_size: int = 64) -> dict:
     """Write `out`: `checkpoint` plus site NAME=PATH fitted by AdaBN; return the adaptation record."""
-    name, sep, source = site_arg.partition("=")
-    name, source = name.strip(), source.strip()
-    if not sep or not name or not source:
-        raise CrossSiteError(f"--site {site_arg!r}: expected NAME=PATH, e.g. --site hospital-c=/data/hospital_c")
+    name, source = parse_site_arg(site_arg)
     if name == "auto":
         raise CrossSiteError("--site: 'auto' is reserved for `crosssite predict --site auto`; choose another name")
     trained = load_trained(checkpoint)
@@ -88,13 +85,13 @@ def adapt_checkpoint(checkpoint: Path, site_arg: str, out: Path, batch_size: int
         new_site = method.add_site()
     except ValueError as e:
         raise CrossSiteError(f"{checkpoint}: cannot add a site ({e})") from None
-    paths = list_images(Path(source), config.slices)
+    paths = list_images(source, config.slices)
     images = DecodedCache(config.image_size, config.window).eval_batch(paths)
     estimate_bn_statistics(method, new_site, images, batch_size)
 
     record = {
         "site": name,
-        "source": str(Path(source).resolve()),
+        "source": str(source.resolve()),
         "images": len(paths),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "from_checkpoint": str(Path(checkpoint).resolve()),

@@ -9,8 +9,6 @@ The similarity measure and its threshold live in `crosssite.data.duplicates`.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from .data.duplicates import DEFAULT_THRESHOLD, exact_pairs, fingerprints, simil
 from .data.sites import LABEL_NAMES, Site, load_sites
 from .data.splits import load_splits
 from .errors import CrossSiteError
-from .io import atomic_write_text
+from .io import atomic_write_csv
 
 FIELDS = ("image_a", "image_b", "kind", "score", "classes", "sites", "splits")
 SHOWN = 12  # notable pairs listed per group in the terminal summary
@@ -90,12 +88,6 @@ def summary(pairs: list[dict], n_images: int, threshold: float, split_source: st
     return "\n".join(lines)
 
 
-def write_pairs(path: Path, pairs: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(pairs)
-    atomic_write_text(path, buffer.getvalue())
 
 
 def run_audit(data: str | None, site_args: list[str], split_run: str | None, out: str,
@@ -114,7 +106,7 @@ def run_audit(data: str | None, site_args: list[str], split_run: str | None, out
     sites = load_sites(Path(data) if data else None, site_args)
     splits = load_splits(split_file, sites) if split_file else None
     pairs = find_pairs(sites, threshold, splits)
-    write_pairs(Path(out) / "pairs.csv", pairs)
+    atomic_write_csv(Path(out) / "pairs.csv", pairs, list(FIELDS))
     n_images = sum(len(s) for s in sites.values())
     return summary(pairs, n_images, threshold, str(split_file) if split_file else None) + \
         f"\nall pairs: {Path(out) / 'pairs.csv'}"

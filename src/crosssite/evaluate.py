@@ -13,7 +13,7 @@ import numpy as np
 
 from .checkpoint import load_trained
 from .data.images import DecodedCache
-from .data.sites import Site, load_sites
+from .data.sites import Site, load_sites, parse_site_arg
 from .data.splits import load_splits, make_splits
 from .inference import predict_proba
 from .metrics import site_metrics
@@ -87,7 +87,7 @@ def evaluate_checkpoint(checkpoint: str, part: str = "test", data: str | None = 
     if as_site is not None:
         as_index = trained.site_index(as_site)
         bn_sites.update({n: as_index for n in loaded if n not in site_names})
-    named = [arg.partition("=")[0].strip() for arg in sites or []]
+    named = [parse_site_arg(arg)[0] for arg in sites or []]
     unknown = [n for n in named if n not in bn_sites] or ([] if bn_sites else list(loaded))
     if unknown:  # raises: says to adapt the site first or to pass --as-site
         trained.site_index(unknown[0])

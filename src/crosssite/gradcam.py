@@ -45,7 +45,13 @@ def grad_cam(method, site: int, x: torch.Tensor, target: int = COVID) -> tuple[t
 
 
 def upsample(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """One (h, w) map bilinearly resized to `size` (H, W) and scaled to [0, 1] (all zero stays zero)."""
+    """One (h, w) map bilinearly resized to `size` (H, W) and scaled to [0, 1] (all zero stays zero).
+
+    The map is first rounded to 1e-6 of its peak, so summation-order noise (another thread count) does not
+    change the drawn figure."""
+    peak = cam.max()
+    if peak > 0:
+        cam = torch.round(cam / peak, decimals=6)
     big = F.interpolate(cam[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     peak = big.max()
     return (big / peak if peak > 0 else big).numpy()
@@ -54,7 +60,8 @@ def upsample(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 def explain(method, config, site: int, paths: list[Path], target: int = COVID) -> list[dict]:
     """Per image: the grayscale original, its Grad-CAM map at the original's size, and P(COVID)."""
     cache = DecodedCache(config.image_size, config.window)
-    parts = [grad_cam(method, site, to_tensor(cache.eval_batch([paths[i] for i in idx])), target)
+    dtype = next(method.parameters()).dtype
+    parts = [grad_cam(method, site, to_tensor(cache.eval_batch([paths[i] for i in idx])).to(dtype), target)
              for idx in eval_batches(len(paths), config.eval_batch_size)]
     cams = torch.cat([cam for cam, _ in parts])
     probs = torch.softmax(torch.cat([logits for _, logits in parts]), dim=1)[:, COVID].numpy()

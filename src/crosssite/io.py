@@ -6,6 +6,8 @@ write here does nothing (crosssite.distributed), so no two processes write one f
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -40,6 +42,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """Rows under a header of `fields` (default: the first row's keys; no rows and no fields: an empty file)."""
+    buffer = io.StringIO()
+    fields = list(fields if fields is not None else rows[0] if rows else [])
+    if fields:
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -12,7 +12,6 @@ duplicate-grouped folds. Everything is computed from the folder: the same folder
 from __future__ import annotations
 
 import csv
-import io
 import math
 import zlib
 from collections import defaultdict
@@ -25,7 +24,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from .errors import CrossSiteError
 from .metrics import is_covid
-from .io import atomic_write_text
+from .io import atomic_write_csv, atomic_write_text
 from .scans import describe, level_metrics
 from .stats import BOOTSTRAP_REPLICATES, bootstrap_auc, paired_difference, percentile_interval
 from .paper import COMPARED_METRIC, COMPARISONS, FIG3_PANELS, OURS, ROW_BY_NAME, TABLE1_METRICS, Row, planned_names
@@ -313,15 +312,6 @@ def _grouped_grid(changes: list[dict]) -> list[list[str]]:
 # ---- writers ------------------------------------------------------------------------------------
 
 
-def _csv(entries: list[dict]) -> str:
-    buffer = io.StringIO()
-    if entries:
-        writer = csv.DictWriter(buffer, fieldnames=list(entries[0]))
-        writer.writeheader()
-        writer.writerows(entries)
-    return buffer.getvalue()
-
-
 def _markdown(header: list[str], grid: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in grid]) + "\n"
@@ -397,6 +387,7 @@ def gradcam_figures(res: SweepResults, examples: int) -> tuple[dict[str, Figure]
     job = jobs[0]
     checkpoint = res.folder / job["folder"] / "best.pt"
     trained = load_trained(checkpoint)
+    trained.method.double()  # float64: the figures do not depend on the thread count's summation order
     with open(res.folder / job["folder"] / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     figures, unreadable = {}, []
@@ -459,7 +450,7 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
     ]
 
     entries = table1(res)
-    atomic_write_text(tables / "table1.csv", _csv(entries))
+    atomic_write_csv(tables / "table1.csv", entries)
     header = ["Method"] + [m.capitalize() if m != "auc" else "AUC" for m in TABLE1_METRICS]
     latex = []
     md += ["## Table I: test metrics per site", "",
@@ -473,7 +464,7 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
 
     aucs = {j["job"]: job_aucs(res, j) for j in ok}
     robust = robust_auc(res, aucs)
-    atomic_write_text(tables / "auc_intervals.csv", _csv(robust))
+    atomic_write_csv(tables / "auc_intervals.csv", robust)
     k = config.get("tail_epochs", 3)
     md += ["## Test AUC of the chosen, final and last epochs, with intervals", "",
            "The validation-chosen epoch is what Table I reports; the final epoch and the mean over the last "
@@ -488,7 +479,7 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
         md += [f"### Site {site}", "", _markdown(["Method", *EPOCH_CHOICES.values()], _robust_grid(robust, site, non_grouped))]
 
     by_patient = patient_level(res)
-    atomic_write_text(tables / "patient_level.csv", _csv(by_patient))
+    atomic_write_csv(tables / "patient_level.csv", by_patient)
     md += ["## Patient-level test AUC", "",
            f"Where a site has patient ids, each test patient's P(COVID) is the {describe('topk')} of their "
            "images (`crosssite.scans`), and the AUC is taken over patients: mean ± std over jobs (n jobs; "
@@ -506,7 +497,7 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
         tests = paired_tests(res, comparisons, aucs)
         said += verdicts(tests)
         tested += sum(t["n_pairs"] > 1 for t in tests)
-        atomic_write_text(tables / f"{stem}.csv", _csv(tests))
+        atomic_write_csv(tables / f"{stem}.csv", tests)
         grid = _tests_grid(res, tests)
         caption = f"Paired differences of test {COMPARED_METRIC.upper()}, {title}"
         atomic_write_text(tables / f"{stem}.tex", _latex(_tests_header(res), grid, caption))
@@ -527,7 +518,7 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
     changes = grouped_changes(res, robust, aucs)
     md += ["## Duplicate-grouped folds", ""]
     if changes:
-        atomic_write_text(tables / "grouped_folds.csv", _csv([
+        atomic_write_csv(tables / "grouped_folds.csv", ([
             {k: v for k, v in c.items() if k not in ("ordinary", "grouped")}
             | {"ordinary_mean": c["ordinary"]["mean"], "grouped_mean": c["grouped"]["mean"]} for c in changes
         ]))

@@ -17,7 +17,6 @@ Run folder (`config.out`):
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import time
@@ -32,12 +31,12 @@ from .checkpoint import load_checkpoint, load_trained, save_checkpoint
 from .config import EXECUTION_SETTINGS, TrainConfig, load_config, save_config
 from .data.images import DecodedCache
 from .data.sampling import epoch_batches
-from .data.sites import load_sites
+from .data.sites import load_sites, refuse_shared_images
 from .data.splits import load_splits, make_splits, save_splits
 from .data.transforms import random_crop_flip
 from .errors import CrossSiteError, DivergedError
 from .evaluate import RunData, evaluate_part
-from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from .io import append_jsonl, atomic_write_csv, atomic_write_json, atomic_write_text, read_jsonl
 from .metrics import mean_auc, site_metrics
 from .methods import check_method, create_method
 
@@ -49,6 +48,7 @@ def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = 
     """Read the sites, make (or on resume, reload) the split and decode every image once; writes nothing,
     so bad data fails before a run folder is started."""
     sites = load_sites(Path(config.data) if config.data else None, config.sites, config.slices)
+    refuse_shared_images(sites)
     split_file = out / "split.json"
     if resume and split_file.exists():
         splits = load_splits(split_file, sites)
@@ -321,9 +321,5 @@ def tail_auc(path: Path) -> dict[str, dict[str, float]]:
 
 def write_predictions(path: Path, rows: list[dict]) -> None:
     """Prediction rows as CSV (columns: `epoch` first when the rows have one, then site, path, patient, label, P)."""
-    buffer = io.StringIO()
     fields = ["site", "path", "patient", "label", "p_covid"]
-    writer = csv.DictWriter(buffer, fieldnames=(["epoch"] if rows and "epoch" in rows[0] else []) + fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_csv(path, rows, (["epoch"] if rows and "epoch" in rows[0] else []) + fields)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from crosssite.data.sites import (COVID, NON_COVID, discover_sites, load_sites, read_covid_ct,
-                                  read_generic, read_sars_cov_2_ct, read_site)
+                                  read_generic, read_sars_cov_2_ct, read_site, refuse_shared_images)
 from crosssite.errors import CrossSiteError, DataError
 
 
@@ -59,6 +59,15 @@ def test_load_sites_adds_and_overrides(sample_dir):
                                     f"covid-ct={sample_dir / 'sars-cov-2-ct'}"])
     assert list(sites) == ["sars-cov-2-ct", "covid-ct", "extra"]
     assert sites["covid-ct"].official_split is None
+
+
+def test_sites_sharing_a_file_are_refused(sample_dir, tmp_path):
+    refuse_shared_images(load_sites(sample_dir, []))  # the two shipped sites share nothing
+    link = tmp_path / "linked"
+    link.symlink_to(sample_dir / "sars-cov-2-ct")  # the same files under another path
+    with pytest.raises(CrossSiteError, match="belongs to both site 'sars-cov-2-ct' and site 'extra'") as e:
+        refuse_shared_images(load_sites(sample_dir, [f"extra={link}"]))
+    assert "\n" not in str(e.value) and str(link) in str(e.value)
 
 
 @pytest.mark.parametrize("arg", ["nopath", "=x", "name="])

@@ -362,14 +362,33 @@ def discover_sites(data_dir: Path) -> dict[str, Site]:
     return sites
 
 
+def parse_site_arg(arg: str) -> tuple[str, Path]:
+    """NAME and PATH of a --site NAME=PATH argument."""
+    name, sep, path = arg.partition("=")
+    name, path = name.strip(), path.strip()
+    if not sep or not name or not path:
+        raise CrossSiteError(f"--site {arg!r}: expected NAME=PATH, e.g. --site hospital-c=/data/hospital_c")
+    return name, Path(path)
+
+
+def refuse_shared_images(sites: dict[str, Site]) -> None:
+    """Training refuses sites that share a file: one image could train in one site and test in the other."""
+    owner: dict[str, str] = {}
+    for site in sites.values():
+        for sample in site.samples:
+            key = str(sample.path.resolve())
+            other = owner.setdefault(key, site.name)
+            if other != site.name:
+                raise CrossSiteError(f"{sample.path}: belongs to both site {other!r} and site {site.name!r}; "
+                                     "each image may belong to one site only (two --site entries for the same files?)")
+
+
 def load_sites(data_dir: Path | None, site_args: list[str], slices: str = "all") -> dict[str, Site]:
     """Sites from --data DIR plus repeatable --site NAME=PATH (which add or override); `slices` of each CT scan."""
     sites = discover_sites(data_dir) if data_dir is not None else {}
     for arg in site_args:
-        name, sep, path = arg.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise CrossSiteError(f"--site {arg!r}: expected NAME=PATH, e.g. --site hospital-c=/data/hospital_c")
-        sites[name.strip()] = read_site(Path(path.strip()), name.strip(), slices)
+        name, path = parse_site_arg(arg)
+        sites[name] = read_site(path, name, slices)
     if not sites:
         raise CrossSiteError("no data: give --data DIR and/or --site NAME=PATH")
     return sites
