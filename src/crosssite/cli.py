@@ -186,7 +186,7 @@ def cmd_card(args) -> None:
 def cmd_audit(args) -> None:
     from .audit import run_audit
 
-    print(run_audit(args.data, args.sites or [], args.split, args.out, args.threshold))
+    print(run_audit(args.data, args.sites or [], args.split, args.out, args.threshold, args.window, args.slices))
 
 
 def cmd_adapt(args) -> None:
@@ -358,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="exact and near-duplicate image pairs, and pairs straddling a split")
     audit.add_argument("--data", help="folder holding the sites' original layouts")
     add_site_flag(audit)
-    audit.add_argument("--split", metavar="RUN", help="run folder (or its split.json): list pairs across its parts")
+    audit.add_argument("--split", metavar="RUN", help="run folder (or its split.json): list pairs across its parts "
+                                                      "(CT scans: the run's --window and --slices unless given)")
+    add_setting_flag(audit, "window")
+    add_setting_flag(audit, "slices")
     audit.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                        help="near duplicate: 32x32 thumbnail correlation at least this (default %(default)s)")
     audit.add_argument("--out", required=True, type=path_text, help="folder for pairs.csv")
