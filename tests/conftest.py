@@ -64,6 +64,27 @@ def ct_series_site(tmp_path_factory) -> Path:
     return write_demo_series(tmp_path_factory.mktemp("hospital"), series_per_class=4, slices=6, size=64)
 
 
+@pytest.fixture(scope="session")
+def ct_volume(tmp_path_factory) -> Path:
+    """A NIfTI CT volume in HU: 6 COVID slices of the shipped sample at 64 px, wrapped as HU as
+    scripts/make_dicom_demo.py wraps them (the lung window gives the PNG's gray values back)."""
+    nibabel = pytest.importorskip("nibabel", reason="NIfTI tests need the dicom extra: pip install -e '.[dicom]'")
+    import numpy as np
+
+    from crosssite.data.images import load_grayscale
+    from crosssite.data.transforms import resize_square
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    from make_dicom_demo import gray_to_hu
+
+    paths = sorted((SAMPLE_DATA / "sars-cov-2-ct" / "COVID").iterdir())[:6]
+    hu = gray_to_hu(np.stack([resize_square(load_grayscale(p), 64) for p in paths]))  # (slices, rows, columns)
+    path = tmp_path_factory.mktemp("volume") / "covid.nii.gz"
+    # NIfTI x, y, z = columns, rows, slices; an LPS affine (diag(-1, -1, 1) in RAS) keeps DICOM's view
+    nibabel.save(nibabel.Nifti1Image(hu.transpose(2, 1, 0).astype(np.int16), np.diag([-0.7, -0.7, 2.5, 1.0])), path)
+    return path
+
+
 TINY_TRAIN_FLAGS = ["--image-size", "32", "--width", "0.125", "--batch-per-site", "8", "--lr", "1e-3", "--quiet"]
 
 

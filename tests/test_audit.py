@@ -85,3 +85,62 @@ def test_known_facts_of_shared_data(shared_data, tmp_path):
 def test_bad_threshold(tmp_path, sample_dir, capsys, threshold):
     assert main(["audit", "--data", str(sample_dir), "--threshold", threshold, "--out", str(tmp_path)]) == 2
     assert "--threshold" in capsys.readouterr().err
+
+
+@pytest.fixture
+def scan_site(tmp_path, metaimage_writer):
+    """A site CSV naming two MetaImage volumes; what training would see of their slices (lung window):
+    COVID slices 0 and 1 are near copies, COVID 2 = NonCOVID 0, and COVID 3 = NonCOVID 1 except for a
+    block at 200 vs 250 HU, which the lung window clips to the same white (another window would not)."""
+    rng = np.random.default_rng(0)
+    covid = rng.uniform(-1000, 300, (4, 32, 32))
+    covid[1] = covid[0] + rng.uniform(-20, 20, (32, 32))
+    covid[3, 8:24, 8:24] = 200
+    noncovid = np.stack([covid[2], covid[3], rng.uniform(-1000, 300, (32, 32))])
+    noncovid[1, 8:24, 8:24] = 250
+    metaimage_writer(tmp_path / "covid.mha", covid.round())
+    metaimage_writer(tmp_path / "noncovid.mha", noncovid.round())
+    (tmp_path / "site.csv").write_text("path,label\ncovid.mha,COVID\nnoncovid.mha,NonCOVID\n")
+    return tmp_path / "site.csv"
+
+
+def test_scan_site_is_audited_as_training_reads_its_slices(scan_site, tmp_path, capsys):
+    covid, noncovid = (str(scan_site.parent / name) for name in ("covid.mha", "noncovid.mha"))
+
+    def audit(*flags):
+        out = tmp_path / "audit"
+        assert main(["audit", "--site", f"ct={scan_site}", *flags, "--out", str(out)]) == 0
+        return {frozenset((p["image_a"], p["image_b"])): p for p in read_pairs(out)}, capsys.readouterr().out
+
+    pairs, printed = audit()
+    copy = pairs[frozenset((f"{covid}#slice=2", f"{noncovid}#slice=0"))]
+    assert copy["kind"] == "exact" and copy["classes"] == "COVID/NonCOVID"
+    assert pairs[frozenset((f"{covid}#slice=3", f"{noncovid}#slice=1"))]["kind"] == "exact"  # same in the window
+    neighbours = pairs[frozenset((f"{covid}#slice=0", f"{covid}#slice=1"))]
+    assert neighbours["kind"] == "near" and float(neighbours["score"]) >= 0.95
+    assert "7 images (2 CT scans' slices among them)" in printed and "same scan" in printed
+    assert len(pairs) == 3
+
+    pairs, _ = audit("--window", "400,40")  # 200 and 250 HU now differ
+    assert pairs[frozenset((f"{covid}#slice=3", f"{noncovid}#slice=1"))]["kind"] == "near"
+    assert pairs[frozenset((f"{covid}#slice=2", f"{noncovid}#slice=0"))]["kind"] == "exact"
+
+    pairs, printed = audit("--slices", "::2")
+    assert set(pairs) == {frozenset((f"{covid}#slice=2", f"{noncovid}#slice=0"))} and "4 images" in printed
+
+
+def test_split_of_a_scan_run_brings_its_window(scan_site, tmp_path, capsys):
+    from crosssite.config import TrainConfig, save_config
+    from crosssite.data.sites import load_sites
+    from crosssite.data.splits import save_splits
+
+    run = tmp_path / "run"
+    config = TrainConfig(sites=[f"ct={scan_site}"], window=[400.0, 40.0])
+    save_config(config, run / "config.yaml")
+    sites = load_sites(None, config.sites)  # 7 slices: the COVID scan's 4 first, by path
+    save_splits(run / "split.json", sites, {"ct": {"train": [0, 1, 2, 3], "val": [4], "test": [5, 6]}})
+    assert main(["audit", "--split", str(run), "--out", str(tmp_path / "a")]) == 0
+    kinds = {frozenset((p["image_a"], p["image_b"])): p["kind"] for p in read_pairs(tmp_path / "a")}
+    covid, noncovid = (str(scan_site.parent / name) for name in ("covid.mha", "noncovid.mha"))
+    assert kinds[frozenset((f"{covid}#slice=3", f"{noncovid}#slice=1"))] == "near"  # the run's window, not the lung's
+    assert "pairs straddling the parts" in capsys.readouterr().out

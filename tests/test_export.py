@@ -48,11 +48,18 @@ def test_torchscript_export_agrees_and_carries_metadata(tiny_run, tmp_path, caps
     run, metadata = export.load_export(out)
     assert metadata["site"] == "covid-ct" and metadata["method"] == "contrastive"
     assert metadata["input"]["shape"] == ["batch", 3, 32, 32]
+    assert export.scan_settings(metadata) == ([1500.0, -600.0], "all")  # how predict reads CT scans for it
+    assert (metadata["input"]["window"], metadata["input"]["slices"]) == ([1500.0, -600.0], "all")
     assert metadata["agreement"]["label_flips"] == 0
     assert metadata["agreement"]["max_abs_diff"] <= export.TOLERANCE
     images, reference, _, _ = _check_batch(tiny_run, "covid-ct")
     probs = export.p_covid(run(to_tensor(images).numpy())[0])
     assert np.abs(probs - reference).max() <= export.TOLERANCE
+
+
+def test_scan_settings_of_files_written_before_the_input_named_them():
+    old = {"input": {"image_size": 64}, "config": {"window": [400.0, 40.0], "slices": "::2"}}
+    assert export.scan_settings(old) == ([400.0, 40.0], "::2")
 
 
 def test_onnx_export_agrees_with_pytorch(tiny_run, tmp_path):

@@ -186,7 +186,7 @@ def cmd_card(args) -> None:
 def cmd_audit(args) -> None:
     from .audit import run_audit
 
-    print(run_audit(args.data, args.sites or [], args.split, args.out, args.threshold))
+    print(run_audit(args.data, args.sites or [], args.split, args.out, args.threshold, args.window, args.slices))
 
 
 def cmd_adapt(args) -> None:
@@ -279,9 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.set_defaults(func=cmd_evaluate)
 
+    from .predict import BACKENDS
+
     predict = sub.add_parser("predict", help="P(COVID) for new images or CT scans (series folders, volumes) of a known site")
-    predict.add_argument("checkpoint", help="a checkpoint (torch backend), or an ONNX export or a folder of them "
-                                            "(onnxruntime backend)")
+    predict.add_argument("checkpoint", help="a checkpoint (torch backend), or an export or a folder of them, one per "
+                                            "site (onnxruntime: ONNX files; torchscript: TorchScript files)")
     predict.add_argument("--site", required=True,
                          help="which site's batch norms to use, or 'auto': the site whose statistics are closest")
     predict.add_argument("images", nargs="+", metavar="IMG_OR_SCAN")
@@ -290,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     predict.add_argument("--device", default="auto", help=DEVICE_HELP)
-    predict.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                         help="torch (a checkpoint) or onnxruntime (exports of `crosssite export`; extra [onnx])")
+    predict.add_argument("--backend", choices=BACKENDS, default="torch",
+                         help="torch (a checkpoint), or exports of `crosssite export` on the CPU: onnxruntime "
+                              "(--format onnx; extra [onnx]) or torchscript (--format torchscript)")
     predict.set_defaults(func=cmd_predict)
 
     from .export import FORMATS as EXPORT_FORMATS
@@ -355,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="exact and near-duplicate image pairs, and pairs straddling a split")
     audit.add_argument("--data", help="folder holding the sites' original layouts")
     add_site_flag(audit)
-    audit.add_argument("--split", metavar="RUN", help="run folder (or its split.json): list pairs across its parts")
+    audit.add_argument("--split", metavar="RUN", help="run folder (or its split.json): list pairs across its parts "
+                                                      "(CT scans: the run's --window and --slices unless given)")
+    add_setting_flag(audit, "window")
+    add_setting_flag(audit, "slices")
     audit.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                        help="near duplicate: 32x32 thumbnail correlation at least this (default %(default)s)")
     audit.add_argument("--out", required=True, type=path_text, help="folder for pairs.csv")

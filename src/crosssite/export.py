@@ -264,6 +264,22 @@ def _parse_metadata(path: Path, text: str | None) -> dict:
     return metadata
 
 
+def scan_settings(metadata: dict) -> tuple[list[float], str]:
+    """(HU window, slice selection) that CT scans get before an export sees them: the input's, or for
+    files written before the input named them, the config's (the same values)."""
+    source = metadata["input"] if "window" in metadata["input"] else metadata["config"]
+    return source["window"], source["slices"]
+
+
+def is_torchscript_export(path: Path) -> bool:
+    """A TorchScript archive with crosssite metadata (a checkpoint is a zip file too, without it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(f"/extra/{TORCHSCRIPT_METADATA}") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def read_metadata(path: Path) -> dict:
     """The crosssite metadata of an export file (ONNX or TorchScript)."""
     return load_export(path)[1]
@@ -295,7 +311,7 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
         raise CrossSiteError(f"--out {out}: is a folder; give the export's file name, e.g. {out / (site + '.' + fmt)}")
     model, statistics = export_network(method, index)
     paths, source = check_images(checkpoint, site)
-    images = DecodedCache(config.image_size).eval_batch(paths)
+    images = DecodedCache(config.image_size, config.window).eval_batch(paths)  # CT test slices: the run's window
     size = config.image_size
     metadata = {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
@@ -303,8 +319,11 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
         "config": config.to_dict(), "checkpoint": str(checkpoint), "epoch": payload.get("epoch"),
         "input": {"name": INPUT, "shape": ["batch", 3, size, size], "dtype": "float32", "image_size": size,
                   "preprocessing": "gray image resized to image_size x image_size (bilinear), scaled to [0, 1], "
-                                   "replicated to 3 channels, (x - mean) / std per channel",
-                  "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+                                   "replicated to 3 channels, (x - mean) / std per channel; a CT scan's slices "
+                                   "(slices: 'all' or START:STOP[:STEP]) are gray through the HU window "
+                                   "[width, level]: level - width/2 -> 0, level + width/2 -> 255",
+                  "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                  "window": [float(v) for v in config.window], "slices": config.slices},
         "outputs": {"logits": "(batch, 2): NonCOVID, COVID; P(COVID) = softmax(logits)[:, 1]",
                     **({"bn_mean": "(batch, C): per image, spatial mean of each channel after the site batch norms "
                                    "of bn_statistics (concatenated in that order)",

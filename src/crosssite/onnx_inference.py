@@ -1,6 +1,9 @@
-"""Prediction with exported files (crosssite.export) in onnxruntime: `crosssite predict --backend onnxruntime`.
+"""Prediction with exported files (crosssite.export): `crosssite predict --backend onnxruntime | torchscript`.
 
-MODEL is one export (.onnx) or a folder of exports of one checkpoint, one per site. `--site auto`
+MODEL is one export or a folder of exports of one checkpoint, one per site: ONNX files (.onnx) run in
+onnxruntime, TorchScript files in torch.jit, both on the CPU. Images and CT scans are read as the torch
+backend reads them (crosssite.predict.decode_inputs / result_rows), scans with the window and slice
+selection the export's metadata names. `--site auto`
 runs the images through every site's export and picks the site whose batch-norm statistics are
 closest, as the PyTorch path does (crosssite.predict): each export returns, per image, the spatial
 mean and mean square of every channel after the site's batch norms (folded: y = w (z - mu) / s + b with
@@ -14,26 +17,32 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.transforms import to_tensor
 from .errors import CrossSiteError
-from .export import load_export, p_covid
-from .metrics import label_name
-from .predict import AUTO, symmetric_kl
+from .export import is_torchscript_export, load_export, p_covid, scan_settings
+from .predict import AUTO, decode_inputs, result_rows, symmetric_kl
+from .scans import TOP_K
+
+#: per backend: the files it runs, how to tell them, the export --format that makes them
+KINDS = {
+    "onnxruntime": ("ONNX exports (.onnx)", lambda path: path.suffix == ".onnx", "onnx"),
+    "torchscript": ("TorchScript exports", is_torchscript_export, "torchscript"),
+}
 
 
-def _exports(model: Path) -> list[Path]:
+def _exports(model: Path, backend: str = "onnxruntime") -> list[Path]:
+    what, accepts, fmt = KINDS[backend]
     if model.is_dir():
-        found = sorted(model.glob("*.onnx"))
+        found = sorted(p for p in model.iterdir() if p.is_file() and accepts(p))
         if not found:
-            raise CrossSiteError(f"{model}: no .onnx export in this folder (make them with crosssite export)")
+            raise CrossSiteError(f"{model}: no {what} in this folder (make them with crosssite export --format {fmt})")
         return found
     if not model.is_file():
         raise CrossSiteError(f"{model}: no such export file or folder")
-    if model.suffix != ".onnx":
-        raise CrossSiteError(f"{model}: the onnxruntime backend reads ONNX exports (.onnx); make one with: "
-                             f"crosssite export CKPT --site NAME --format onnx --out FILE.onnx")
+    if not accepts(model):
+        raise CrossSiteError(f"{model}: the {backend} backend reads {what}; make one with: "
+                             f"crosssite export CKPT --site NAME --format {fmt} --out FILE")
     return [model]
 
 
@@ -52,25 +61,31 @@ def bn_distance(statistics: list[dict], mean: np.ndarray, sq_mean: np.ndarray) -
     return float(np.mean(per_layer))
 
 
-def predict_with_exports(model: Path, site: str, images: list[Path], batch_size: int = 64) -> list[dict]:
-    """One dict per image, as crosssite.predict.predict_images, from ONNX exports run in onnxruntime."""
+def _input_settings(metadata: dict) -> tuple[int, tuple[float, float], str]:
+    """(image size, CT window, slice selection) an export's input is prepared with."""
+    window, slices = scan_settings(metadata)
+    return metadata["input"]["image_size"], tuple(window), slices
+
+
+def predict_with_exports(model: Path, site: str, images: list[Path], batch_size: int = 64, how: str = "topk",
+                         top_k: int = TOP_K, backend: str = "onnxruntime") -> list[dict]:
+    """The rows of crosssite.predict.predict_images, from exports run by `backend`."""
     model = Path(model)
     loaded = {}
-    for path in _exports(model):
+    for path in _exports(model, backend):
         run, metadata = load_export(path)
         if metadata["site"] in loaded:
             raise CrossSiteError(f"{model}: two exports of site {metadata['site']!r}; keep one per site")
         loaded[metadata["site"]] = (run, metadata)
     if site != AUTO and site not in loaded:
-        raise CrossSiteError(f"{model}: no export of site {site!r} (exports: {', '.join(loaded)}); "
-                             f"make one with: crosssite export CKPT --site {site} --out FILE.onnx")
-    if not images:
-        raise CrossSiteError("no images given")
+        raise CrossSiteError(f"{model}: no export of site {site!r} (exports: {', '.join(loaded)}); make one with: "
+                             f"crosssite export CKPT --site {site} --format {KINDS[backend][2]} --out FILE")
     candidates = loaded if site == AUTO else {site: loaded[site]}
-    sizes = {m["input"]["image_size"] for _, m in candidates.values()}
-    if len(sizes) > 1:
-        raise CrossSiteError(f"{model}: exports of different image sizes ({sorted(sizes)}); not one checkpoint's")
-    batch = DecodedCache(sizes.pop()).eval_batch([Path(p) for p in images])
+    settings = {_input_settings(metadata) for _, metadata in candidates.values()}
+    if len(settings) > 1:
+        raise CrossSiteError(f"{model}: exports of different image sizes or CT windows / slices "
+                             f"({', '.join(map(str, sorted(settings)))}); not one checkpoint's")
+    inputs, batch = decode_inputs(images, *settings.pop())
     outputs = {}
     for name, (run, metadata) in candidates.items():
         if site == AUTO and not metadata["bn_statistics"]:
@@ -84,6 +99,4 @@ def predict_with_exports(model: Path, site: str, images: list[Path], batch_size:
                      for name, out in outputs.items()}
         site = min(distances, key=distances.get)
         extra = {"site": site, "bn_distance": distances}
-    probs = p_covid(outputs[site][0])
-    return [{"path": str(p), "p_covid": float(q), "label": label_name(q), **extra}
-            for p, q in zip(images, probs)]
+    return result_rows(inputs, p_covid(outputs[site][0]), how, top_k, extra)

@@ -23,11 +23,15 @@ from .data.sites import is_image
 from .data.volumes import find_scans, is_scan_path, scan_slices
 from .data.transforms import to_tensor
 from .errors import CrossSiteError, DataError
+from .export import is_torchscript_export
 from .inference import predict_proba
 from .metrics import label_name
 from .scans import TOP_K, aggregate, describe
 
 AUTO = "auto"
+#: backends that run `crosssite export` files instead of a checkpoint
+EXPORT_BACKENDS = ("onnxruntime", "torchscript")
+BACKENDS = ("torch", *EXPORT_BACKENDS)
 
 
 def symmetric_kl(m: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
@@ -91,6 +95,30 @@ def expand_inputs(paths: list[Path], slices: str = "all") -> list[tuple[str | No
     return expanded
 
 
+def decode_inputs(images: list[Path], image_size: int, window, slices: str):
+    """(inputs as expand_inputs gives them, their images as one eval batch): what both backends feed
+    their network, CT slices through `window` (the run's, or the export's metadata)."""
+    if not images:
+        raise CrossSiteError("no images given")
+    inputs = expand_inputs(images, slices)
+    flat = [p for _, paths in inputs for p in paths]
+    return inputs, DecodedCache(image_size, window).eval_batch(flat)
+
+
+def result_rows(inputs, probs, how: str = "topk", top_k: int = TOP_K, extra: dict | None = None) -> list[dict]:
+    """The rows predict_images returns, from the inputs and one P(COVID) per image / slice in their order."""
+    probs = iter(np.asarray(probs, dtype=np.float64).tolist())
+    rows = []
+    for scan, paths in inputs:
+        row = [{"path": str(p), "p_covid": q, "label": label_name(q)} for p, q in zip(paths, probs)]
+        if scan is not None:
+            p_scan = aggregate([r["p_covid"] for r in row], how, top_k)
+            row = [{"path": scan, "p_covid": p_scan, "label": label_name(p_scan),
+                    "aggregate": describe(how, top_k), "slices": row}]
+        rows += [{**r, **(extra or {})} for r in row]
+    return rows
+
+
 def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = 64,
                    compile: bool = False, device: str = "auto", how: str = "topk", top_k: int = TOP_K,
                    backend: str = "torch") -> list[dict]:
@@ -101,35 +129,28 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
     and `slices` holds one row per slice.
     `device`: where the network runs (see crosssite.distributed.device; "auto" = a GPU when there is one).
     With site "auto" every row also carries the chosen `site` and `bn_distance`, each known site's distance.
-    `backend` "onnxruntime": `checkpoint` is an ONNX export or a folder of them (crosssite.onnx_inference).
+    `backend` "onnxruntime" / "torchscript": `checkpoint` is an export of that format or a folder of them
+    (crosssite.onnx_inference; the CPU, the window and slices of the export's metadata).
     """
-    if backend == "onnxruntime":
+    if backend in EXPORT_BACKENDS:
         from .onnx_inference import predict_with_exports
 
-        return predict_with_exports(checkpoint, site, images, batch_size)
-    if Path(checkpoint).suffix == ".onnx" or Path(checkpoint).is_dir():
+        return predict_with_exports(checkpoint, site, images, batch_size, how, top_k, backend)
+    if Path(checkpoint).suffix == ".onnx":
         raise CrossSiteError(f"{checkpoint}: not a checkpoint; run ONNX exports with --backend onnxruntime")
+    if Path(checkpoint).is_dir():
+        raise CrossSiteError(f"{checkpoint}: a folder, not a checkpoint; run a folder of exports with "
+                             f"--backend onnxruntime or --backend torchscript")
+    if is_torchscript_export(checkpoint):
+        raise CrossSiteError(f"{checkpoint}: a TorchScript export, not a checkpoint; run it with --backend torchscript")
     trained = load_trained(checkpoint, device)
     method, config, site_names = trained.method, trained.config, trained.site_names
     if site != AUTO:
         index = trained.site_index(site)
-    if not images:
-        raise CrossSiteError("no images given")
-    inputs = expand_inputs(images, config.slices)
-    flat = [p for _, paths in inputs for p in paths]
-    batch = DecodedCache(config.image_size, config.window).eval_batch(flat)
+    inputs, batch = decode_inputs(images, config.image_size, config.window, config.slices)
     extra = {}
     if site == AUTO:
         distances = bn_distances(method, batch, batch_size)
         index = int(np.argmin(distances))
         extra = {"site": site_names[index], "bn_distance": dict(zip(site_names, distances))}
-    probs = iter(np.asarray(predict_proba(method, batch, index, batch_size, compile=compile)).tolist())
-    rows = []
-    for scan, paths in inputs:
-        row = [{"path": str(p), "p_covid": q, "label": label_name(q)} for p, q in zip(paths, probs)]
-        if scan is not None:
-            p_scan = aggregate([r["p_covid"] for r in row], how, top_k)
-            row = [{"path": scan, "p_covid": p_scan, "label": label_name(p_scan),
-                    "aggregate": describe(how, top_k), "slices": row}]
-        rows += [{**r, **extra} for r in row]
-    return rows
+    return result_rows(inputs, predict_proba(method, batch, index, batch_size, compile=compile), how, top_k, extra)

@@ -6,6 +6,9 @@
   box filter, then standardised to zero mean and unit norm, so the dot product of two rows is their
   correlation). Squashing ignores the aspect ratio on purpose: the network's eval transform does the same.
 
+A CT slice (`SCAN#slice=I`, crosssite.data.volumes) is compared as training sees it: gray values through
+the run's HU window, so two slices that differ only outside the window are exact duplicates.
+
 `DEFAULT_THRESHOLD` = 0.95. On ../shared/data it flags both facts the data README reports (the two Site B
 cross-class figures, correlation 0.993 / 0.985, and Site A's adjacent slices), no other pair across
 classes and none across sites (highest there: 0.891). See docs/new_sites_and_leakage.md for the counts.
@@ -23,15 +26,17 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from crosssite.data.images import load_image
+from crosssite.data.volumes import LUNG_WINDOW
 
 THUMB_SIDE = 32
 DEFAULT_THRESHOLD = 0.95
 _BLOCK = 1024  # rows per block of the correlation matrix: 1024 x N float32 stays small
 
 
-def fingerprint(path: Path) -> tuple[str, np.ndarray]:
-    """(sha256 of the decoded pixels, standardised THUMB_SIDE^2 thumbnail) of one image or CT slice (lung window)."""
-    img = load_image(path)
+def fingerprint(path: Path, window=LUNG_WINDOW) -> tuple[str, np.ndarray]:
+    """(sha256 of the decoded pixels, standardised THUMB_SIDE^2 thumbnail) of one image or CT slice
+    (through `window`, as training reads it)."""
+    img = load_image(path, window)
     digest = hashlib.sha256(f"{img.shape}".encode() + img.tobytes()).hexdigest()
     thumb = np.asarray(Image.fromarray(img).resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), np.float32)
     thumb = thumb.ravel() - thumb.mean()
@@ -39,11 +44,11 @@ def fingerprint(path: Path) -> tuple[str, np.ndarray]:
     return digest, thumb / norm if norm > 0 else thumb  # a flat image correlates with nothing
 
 
-def fingerprints(paths: Sequence[Path]) -> tuple[list[str], np.ndarray]:
+def fingerprints(paths: Sequence[Path], window=LUNG_WINDOW) -> tuple[list[str], np.ndarray]:
     """Pixel hashes and an (N, THUMB_SIDE^2) float32 matrix of thumbnails, in the order of `paths`."""
     hashes, thumbs = [], np.zeros((len(paths), THUMB_SIDE * THUMB_SIDE), np.float32)
     for i, p in enumerate(paths):
-        digest, thumbs[i] = fingerprint(p)
+        digest, thumbs[i] = fingerprint(p, window)
         hashes.append(digest)
     return hashes, thumbs
 
