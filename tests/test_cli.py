@@ -198,7 +198,7 @@ def test_bf16_on_a_cpu_and_bad_gpu_settings_are_clear_errors(tmp_path, capsys):
     assert "bf16 needs a CUDA GPU" in error_of(capsys, args + ["--precision", "bf16", "--out", str(tmp_path / "a")])
     assert not (tmp_path / "a").exists()  # refused before anything was written
     assert "precision" in error_of(capsys, args + ["--precision", "fp8", "--out", str(tmp_path / "b")])
-    assert "save_every" in error_of(capsys, args + ["--save-every", "0", "--out", str(tmp_path / "c")])
+    assert "save_every" in error_of(capsys, args + ["--save-every", "-1", "--out", str(tmp_path / "c")])
 
 
 def test_every_setting_has_one_flag_built_from_its_field(capsys):

@@ -312,3 +312,18 @@ def test_an_epoch_between_saves_writes_no_last_checkpoint(tmp_path, monkeypatch)
                         lambda path, *a, **k: saved.append((path.name, k["epoch"])) or real_save(path, *a, **k))
     train_module.train(tiny_config(tmp_path, method="joint", epochs=3, save_every=2), progress=False)
     assert [e for name, e in saved if name == "last.pt"] == [2, 3]
+
+
+def test_paced_saving_keeps_writes_to_a_twentieth_of_the_training_time():
+    pacing = train_module.SavePacing(0)
+    written = []
+    for epoch in range(1, 11):  # an H100 at the paper's width: 6.3 s epochs, 0.92 s writes
+        if pacing.due(epoch, 10, 6.3):
+            written.append(epoch)
+            pacing.written(0.92)
+    assert written == [1, 4, 7, 10]  # the first write measures; then every 3 epochs (18.9 s >= 20 x 0.92 s)
+    slow = train_module.SavePacing(0)
+    slow.written(0.05)
+    assert all(slow.due(e, 8, 20.0) for e in range(1, 9))  # CPU epochs dwarf a write: every epoch
+    assert [e for e in range(1, 8) if train_module.SavePacing(3).due(e, 7, 1e-3)] == [3, 6, 7]
+

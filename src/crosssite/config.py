@@ -82,7 +82,9 @@ class TrainConfig:
     precision: str = setting("fp32", "fp32, or bf16 (autocast; CUDA GPUs only)")
     cuda_graphs: bool = setting(  # crosssite.capture
         True, "on a CUDA GPU, replay each training step as one CUDA graph (default: on; never on a CPU)")
-    save_every: int = setting(1, "write last.pt (the resume state) every K epochs and after the last")
+    save_every: int = setting(  # crosssite.train.SavePacing
+        0, "write last.pt (the resume state) every K epochs and after the last; 0: whenever the time since the "
+           "last write reaches 20x what that write took (writing then costs at most 5 %%)")
 
     def validate(self) -> None:
         """Reject settings that would fail later, deep inside training (or, worse, train wrongly)."""
@@ -132,8 +134,8 @@ class TrainConfig:
             problems.append(str(e))
         if self.precision not in ("fp32", "bf16"):
             problems.append(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.save_every < 1:
-            problems.append(f"save_every must be at least 1, got {self.save_every}")
+        if self.save_every < 0:
+            problems.append(f"save_every must be 0 (paced by write time) or a number of epochs, got {self.save_every}")
         if problems:
             raise CrossSiteError("invalid settings: " + "; ".join(problems))
 
