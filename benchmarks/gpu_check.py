@@ -4,7 +4,8 @@
     python benchmarks/gpu_check.py --device cpu --size 32 --width 0.125    # a dry run of the same code
 
   single_pass  one pass for all sites against one pass per site (outputs, gradients, running
-               statistics), on the device's layers (torch's own on a GPU);
+               statistics), on the device's layers (torch's own on a GPU); then again with TF32 off
+               for convolutions and matrix products (on a CPU the same check twice);
   captured     STEPS training steps through make_update with the CUDA graph against the same steps
                eager (losses, final weights), with the learning rate changed half-way as the cosine
                schedule does; on a CPU both sides are eager;
@@ -54,6 +55,16 @@ def _batches(args, step: int, uint8: bool = True):
 def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach(), b.detach()
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
+
+
+def check_single_pass_tf32_off(args) -> dict:
+    """The single-pass check with cuDNN's and cuBLAS's TF32 off: was the CUDA difference TF32 rounding?"""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return check_single_pass(args) | {"check": "single_pass_tf32_off"}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def check_single_pass(args) -> dict:
@@ -142,7 +153,7 @@ def main() -> None:
     parser.add_argument("--batch-per-site", type=int, default=16)
     parser.add_argument("--out", help="append the JSON lines to this file too")
     args = parser.parse_args()
-    checks = [check_single_pass, check_captured, check_save]
+    checks = [check_single_pass, check_single_pass_tf32_off, check_captured, check_save]
     if args.device != "cpu":
         checks.insert(2, lambda a: check_captured(a, "bf16"))
     failed = 0
