@@ -47,6 +47,10 @@ def test_train_writes_metrics_of_the_documented_shape(tmp_path, method):
     assert tail[0] == "epoch,site,path,patient,label,p_covid" and len(tail) - 1 == 2 * (len(rows) - 1)
     assert set(on_disk["tail_auc"]["covid-ct"]) == {"1", "2"}
     assert any(r.split(",")[2] for r in rows[1:] if r.startswith("covid-ct"))  # covid-ct has patient ids
+    # patient level where ids exist (covid-ct only); no scans in the sample
+    patients = {r.split(",")[2] for r in rows[1:] if r.startswith("covid-ct")}
+    assert list(on_disk["patients"]) == ["covid-ct"] and on_disk["patients"]["covid-ct"]["n"] == len(patients)
+    assert on_disk["scans"] == {} and on_disk["aggregate"] == "mean of the top 5 slices"
 
 
 def final_weights(out):

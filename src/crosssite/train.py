@@ -38,6 +38,7 @@ from .errors import CrossSiteError, DivergedError
 from .evaluate import RunData, evaluate_part
 from .io import append_jsonl, atomic_write_csv, atomic_write_json, atomic_write_text, read_jsonl
 from .metrics import mean_auc, site_metrics
+from .scans import describe, level_metrics
 from .methods import check_method, create_method
 
 #: steps between reads of the device (progress bar, divergence check); a read waits for the GPU
@@ -324,6 +325,8 @@ def test_best(config: TrainConfig, data: RunData, out: Path, device: str = "auto
         "val_mean_auc": float(best["val_mean_auc"]),
         "sites": per_site,
         "tail_auc": tail_auc(out / "tail_predictions.csv"),
+        "aggregate": describe("topk"),  # how slices become a scan's or a patient's P(COVID) in the next two
+        **{f"{level}s": by_site for level, by_site in level_metrics(rows).items()},
     }
     write_predictions(out / "predictions.csv", rows)
     atomic_write_json(out / "metrics.json", metrics)  # last: it marks the run finished
