@@ -54,6 +54,27 @@ def write_metaimage(path: Path, volume, element_type: str = "MET_SHORT", compres
 
 
 @pytest.fixture(scope="session")
+def window_twins_site(tmp_path_factory) -> Path:
+    """A folder site of 32 one-slice MetaImage scans, 8 pairs of twins per class (`pKa.mha`, `pKb.mha`):
+    twins share their lung pattern and differ only in a block of bone (random HU from 200 to 2000 each).
+    The lung window clips the block to one white, so twins are exact duplicates through it; a bone window
+    (2000, 1000) tells them apart (correlation about 0.75), and no two other scans are near duplicates."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("window_twins")
+    rng = np.random.default_rng(0)
+    for label in ("COVID", "NonCOVID"):
+        (root / label).mkdir()
+        for k in range(8):
+            lung = rng.uniform(-1000, 100, (1, 32, 32))
+            for twin in "ab":
+                hu = lung.copy()
+                hu[0, :8] = rng.uniform(200, 2000, (8, 32))
+                write_metaimage(root / label / f"p{k}{twin}.mha", hu.round())
+    return root
+
+
+@pytest.fixture(scope="session")
 def ct_series_site(tmp_path_factory) -> Path:
     """A site CSV naming 8 small DICOM series (4 COVID, 4 NonCOVID, 6 slices each, one patient each),
     made from the shipped sample's PNG slices wrapped as HU (see scripts/make_dicom_demo.py)."""

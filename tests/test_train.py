@@ -312,3 +312,16 @@ def test_an_epoch_between_saves_writes_no_last_checkpoint(tmp_path, monkeypatch)
                         lambda path, *a, **k: saved.append((path.name, k["epoch"])) or real_save(path, *a, **k))
     train_module.train(tiny_config(tmp_path, method="joint", epochs=3, save_every=2), progress=False)
     assert [e for name, e in saved if name == "last.pt"] == [2, 3]
+
+
+def test_duplicate_grouping_sees_ct_slices_through_the_runs_window(window_twins_site, tmp_path):
+    """--group-duplicates compares CT slices as this run's training reads them: through its --window."""
+    from crosssite.data.splits import make_splits
+
+    def splits(window):
+        config = TrainConfig(sites=[f"ct={window_twins_site}"], group_duplicates=0.95, window=window, image_size=32)
+        return train_module.prepare_data(config, tmp_path, resume=False, progress=False)
+
+    bone = splits([2000.0, 1000.0])
+    assert bone.splits == make_splits(bone.sites, "fold", 0, 4, 0, 0.95, window=(2000.0, 1000.0))
+    assert bone.splits != splits([1500.0, -600.0]).splits

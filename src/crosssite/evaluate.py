@@ -102,7 +102,8 @@ def evaluate_checkpoint(checkpoint: str, part: str = "test", data: str | None = 
         splits, source = {}, ""
     rest = {n: s for n, s in loaded.items() if n not in splits}  # sites the saved split does not hold
     if rest:
-        splits.update(make_splits(rest, config.split, fold_used, config.folds, config.seed, config.group_duplicates))
+        splits.update(make_splits(rest, config.split, fold_used, config.folds, config.seed, config.group_duplicates,
+                                  config.window))
         source = "; ".join(filter(None, [source, f"{', '.join(rest)}: {config.split} split, fold {fold_used}, "
                                                   f"seed {config.seed}"]))
     as_note = {n: site_names[i] for n, i in bn_sites.items() if n not in site_names}
