@@ -11,7 +11,7 @@ channels and normalised with the ImageNet mean and std (crosssite.data.transform
   bn_sq_mean   (batch, C):   batch norm (after folding: the layer it was folded into), and of its square
 
 The two statistics outputs (absent for a method without site-specific batch norm) let `predict --site
-auto` compare new images with each site's batch-norm statistics without PyTorch (crosssite.onnx_inference).
+auto` compare new images with each site's batch-norm statistics without PyTorch (crosssite.exported).
 
 Metadata travel inside the file, as one JSON document under the key `crosssite` (ONNX metadata_props;
 TorchScript extra file `crosssite.json`): the input's shape and preprocessing, the site, the method and

@@ -130,10 +130,17 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
     `device`: where the network runs (see crosssite.distributed.device; "auto" = a GPU when there is one).
     With site "auto" every row also carries the chosen `site` and `bn_distance`, each known site's distance.
     `backend` "onnxruntime" / "torchscript": `checkpoint` is an export of that format or a folder of them
-    (crosssite.onnx_inference; the CPU, the window and slices of the export's metadata).
+    (crosssite.exported; the CPU, the window and slices of the export's metadata), and a `device` or
+    `compile` other than the defaults is refused, not ignored.
     """
     if backend in EXPORT_BACKENDS:
-        from .onnx_inference import predict_with_exports
+        from .exported import predict_with_exports
+
+        torch_only = [flag for flag, given in ((f"--device {device}", device != "auto"), ("--compile", compile))
+                      if given]
+        if torch_only:  # the exports run as they are, on the CPU: say so rather than ignore the flags
+            raise CrossSiteError(f"{' and '.join(torch_only)}: only for --backend torch; --backend {backend} "
+                                 "runs the exports on the CPU as they are (drop the flag)")
 
         return predict_with_exports(checkpoint, site, images, batch_size, how, top_k, backend)
     if Path(checkpoint).suffix == ".onnx":

@@ -1,4 +1,4 @@
-"""Prediction with exported files (crosssite.export): `crosssite predict --backend onnxruntime | torchscript`.
+"""Inference with exported files (crosssite.export): `crosssite predict --backend onnxruntime | torchscript`.
 
 MODEL is one export or a folder of exports of one checkpoint, one per site: ONNX files (.onnx) run in
 onnxruntime, TorchScript files in torch.jit, both on the CPU. Images and CT scans are read as the torch
