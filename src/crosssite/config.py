@@ -23,6 +23,10 @@ from .errors import CrossSiteError
 from .io import atomic_write_text, read_yaml
 
 
+#: images per forward pass where nothing is learnt (validation, test, evaluate, predict, adapt, export's
+#: check); the one default of every --batch-size but train's
+EVAL_BATCH_SIZE = 64
+
 #: settings of how a run executes, not of what it computes: `--resume` may change them
 EXECUTION_SETTINGS = ("cuda_graphs", "save_every")
 
@@ -71,7 +75,7 @@ class TrainConfig:
     group_duplicates: float | None = setting(
         None, "fold split: group near-duplicate images (thumbnail correlation >= this, e.g. 0.95) so none straddles "
         "parts")
-    eval_batch_size: int = setting(64, "batch size for validation and test")
+    eval_batch_size: int = setting(EVAL_BATCH_SIZE, "batch size for validation and test")
     tail_epochs: int = setting(
         3, "test predictions of the last K epochs are kept (tail_predictions.csv) for the report; never for selection")
     # CT scans (DICOM/NIfTI/MetaImage): HU window [width, level] (lung window), and which slices to use

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_trained
+from .config import EVAL_BATCH_SIZE
 from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.sites import SAMPLE_DATA, is_image
@@ -293,7 +294,7 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_size: int = 64) -> dict:
+def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_size: int = EVAL_BATCH_SIZE) -> dict:
     """Export one site's network of `checkpoint` to `out`, checked against PyTorch; return its metadata."""
     checkpoint, out = Path(checkpoint), Path(out)
     if fmt not in FORMATS:

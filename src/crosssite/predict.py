@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_trained
+from .config import EVAL_BATCH_SIZE
 from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.sites import is_image
@@ -40,7 +41,7 @@ def symmetric_kl(m: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, var: torch.
 
 
 @torch.no_grad()
-def bn_distances(method, images: np.ndarray, batch_size: int = 64) -> list[float]:
+def bn_distances(method, images: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> list[float]:
     """Per known site, the mean symmetric KL between the images' pre-BN activations and its BN statistics."""
     if not method.site_batch_norms(0):
         raise CrossSiteError(f"--site {AUTO} needs a model with site-specific batch norm "
@@ -119,7 +120,7 @@ def result_rows(inputs, probs, how: str = "topk", top_k: int = TOP_K, extra: dic
     return rows
 
 
-def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = 64,
+def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = EVAL_BATCH_SIZE,
                    compile: bool = False, device: str = "auto", how: str = "topk", top_k: int = TOP_K,
                    backend: str = "torch") -> list[dict]:
     """One dict per image or scan: path, P(COVID) and predicted label (P(COVID) >= 0.5).
