@@ -21,6 +21,7 @@ import yaml
 from .data.volumes import parse_slices
 from .errors import CrossSiteError
 from .io import atomic_write_text, read_yaml
+from .models.contract import IMAGE_SIZE_STEP, image_size_problem
 
 
 #: images per forward pass where nothing is learnt (validation, test, evaluate, predict, adapt, export's
@@ -58,7 +59,7 @@ class TrainConfig:
     seed: int = setting(0, "random seed (splits, initialisation, sampling, augmentation)")
     epochs: int = setting(100, "training epochs")
     batch_per_site: int = setting(16, "images per site in a step")  # paper: batch 32 = 16 per site
-    image_size: int = setting(224, "input size in pixels, a multiple of 16 (224 = paper)")
+    image_size: int = setting(224, f"input size in pixels, a multiple of {IMAGE_SIZE_STEP} (224 = paper)")
     width: float = setting(1.0, "channel multiplier of the backbone (1.0 = paper)")
     # reference PEPX has no activation inside
     pepx_relu: bool = setting(False, "ReLU inside PEPX blocks")
@@ -103,8 +104,8 @@ class TrainConfig:
             problems.append(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_per_site < 2:
             problems.append(f"batch_per_site must be at least 2 (batch norm needs two samples), got {self.batch_per_site}")
-        if self.image_size < 32 or self.image_size % 16:
-            problems.append(f"image_size must be a multiple of 16, at least 32, got {self.image_size}")
+        if problem := image_size_problem(self.image_size):
+            problems.append(problem)
         if self.width <= 0:
             problems.append(f"width must be positive, got {self.width}")
         if self.lr <= 0 or self.temperature <= 0:

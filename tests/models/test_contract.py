@@ -66,6 +66,23 @@ def test_both_covidnets_meet_the_contract():
     assert not isinstance(nn.Linear(2, 2), Backbone)
 
 
+@pytest.mark.parametrize("size", [16, 24, 30, 32, 48, 100, 112])
+def test_covidnets_build_exactly_the_image_sizes_the_config_accepts(size):
+    try:
+        TrainConfig(image_size=size).validate()
+        accepted = True
+    except CrossSiteError as exc:
+        accepted = False
+        assert "image_size must be a multiple of 16, at least 32" in str(exc)
+    for name in MODELS:
+        try:
+            create_model(name, width=0.125, image_size=size)
+            built = True
+        except ValueError:
+            built = False
+        assert built == accepted, (name, size)
+
+
 def test_methods_offer_the_backbones_whose_capabilities_they_need(tiny_backbone):
     assert isinstance(create_model("tiny", width=1.0, image_size=32, pepx_relu=False, projection=False), Backbone)
     assert METHODS["joint"].supported_backbones() == ("covidnet-redesign", "covidnet", "tiny")
