@@ -106,6 +106,19 @@ def ct_volume(tmp_path_factory) -> Path:
     return path
 
 
+def site_minibatches(seed: int = 0, n: int = 4, size: int = 64, shift: float = 1.0, scale: float = 0.0,
+                     sites=(0, 1)) -> list:
+    """What Method.loss / update take for two sites: per site an (x, y) of `n` random size x size images
+    (site s: N(0, 1) * (1 + scale * s) + shift * s, so the sites look different) and labels 0, 1, 0, 1...;
+    None for a site not in `sites` (no batch this step). Drawn site by site from a generator seeded with
+    `seed`: the same arguments give the same tensors. Import it: `from conftest import site_minibatches`."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 3, size, size, generator=g) * (1 + scale * site) + shift * site,
+             torch.tensor([0, 1] * (n // 2))) if site in sites else None for site in range(2)]
+
+
 TINY_TRAIN_FLAGS = ["--image-size", "32", "--width", "0.125", "--batch-per-site", "8", "--lr", "1e-3", "--quiet"]
 
 
