@@ -14,7 +14,7 @@ from . import distributed
 from .config import EVAL_BATCH_SIZE, TrainConfig, load_config
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
-from .errors import CrossSiteError
+from .errors import CrossSiteError, print_warning
 from .metrics import format_metrics
 from .presets import PRESETS, get_preset
 from .runtime import ensure_malloc_tuning
@@ -381,11 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--sites", type=int, default=2, help="number of sites")
     params.set_defaults(func=cmd_params)
     return parser
-
-
-def print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line each, like errors (no source location: the user cannot act on it)."""
-    print(f"crosssite: warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
