@@ -54,6 +54,27 @@ def write_metaimage(path: Path, volume, element_type: str = "MET_SHORT", compres
 
 
 @pytest.fixture(scope="session")
+def window_twins_site(tmp_path_factory) -> Path:
+    """A folder site of 32 one-slice MetaImage scans, 8 pairs of twins per class (`pKa.mha`, `pKb.mha`):
+    twins share their lung pattern and differ only in a block of bone (random HU from 200 to 2000 each).
+    The lung window clips the block to one white, so twins are exact duplicates through it; a bone window
+    (2000, 1000) tells them apart (correlation about 0.75), and no two other scans are near duplicates."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("window_twins")
+    rng = np.random.default_rng(0)
+    for label in ("COVID", "NonCOVID"):
+        (root / label).mkdir()
+        for k in range(8):
+            lung = rng.uniform(-1000, 100, (1, 32, 32))
+            for twin in "ab":
+                hu = lung.copy()
+                hu[0, :8] = rng.uniform(200, 2000, (8, 32))
+                write_metaimage(root / label / f"p{k}{twin}.mha", hu.round())
+    return root
+
+
+@pytest.fixture(scope="session")
 def ct_series_site(tmp_path_factory) -> Path:
     """A site CSV naming 8 small DICOM series (4 COVID, 4 NonCOVID, 6 slices each, one patient each),
     made from the shipped sample's PNG slices wrapped as HU (see scripts/make_dicom_demo.py)."""
@@ -83,6 +104,19 @@ def ct_volume(tmp_path_factory) -> Path:
     # NIfTI x, y, z = columns, rows, slices; an LPS affine (diag(-1, -1, 1) in RAS) keeps DICOM's view
     nibabel.save(nibabel.Nifti1Image(hu.transpose(2, 1, 0).astype(np.int16), np.diag([-0.7, -0.7, 2.5, 1.0])), path)
     return path
+
+
+def site_minibatches(seed: int = 0, n: int = 4, size: int = 64, shift: float = 1.0, scale: float = 0.0,
+                     sites=(0, 1)) -> list:
+    """What Method.loss / update take for two sites: per site an (x, y) of `n` random size x size images
+    (site s: N(0, 1) * (1 + scale * s) + shift * s, so the sites look different) and labels 0, 1, 0, 1...;
+    None for a site not in `sites` (no batch this step). Drawn site by site from a generator seeded with
+    `seed`: the same arguments give the same tensors. Import it: `from conftest import site_minibatches`."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 3, size, size, generator=g) * (1 + scale * site) + shift * site,
+             torch.tensor([0, 1] * (n // 2))) if site in sites else None for site in range(2)]
 
 
 TINY_TRAIN_FLAGS = ["--image-size", "32", "--width", "0.125", "--batch-per-site", "8", "--lr", "1e-3", "--quiet"]

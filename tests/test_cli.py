@@ -163,6 +163,25 @@ def test_batch_size_must_be_positive(run, capsys, command):
     assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
 
 
+def test_every_evaluation_batch_size_has_one_default():
+    import inspect
+
+    from crosssite import adapt, evaluate, export, exported, inference, predict
+    from crosssite.cli import build_parser
+    from crosssite.config import EVAL_BATCH_SIZE
+
+    assert TrainConfig().eval_batch_size == EVAL_BATCH_SIZE
+    commands = {"evaluate": [], "predict": ["--site", "s", "x.png"], "export": ["--site", "s", "--out", "o.onnx"],
+                "adapt": ["--site", "a=b", "--out", "o.pt"]}
+    for command, args in commands.items():
+        assert build_parser().parse_args([command, "c.pt", *args]).batch_size == EVAL_BATCH_SIZE, command
+    functions = (adapt.estimate_bn_statistics, adapt.adapt_checkpoint, evaluate.evaluate_checkpoint,
+                 export.export_checkpoint, exported.predict_with_exports, inference.predict_proba,
+                 predict.bn_distances, predict.predict_images)
+    for function in functions:
+        assert inspect.signature(function).parameters["batch_size"].default == EVAL_BATCH_SIZE, function.__name__
+
+
 def test_invalid_yaml_config_is_one_line(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("epochs: 1\nwidth: [0.5\n")

@@ -13,6 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
+from conftest import site_minibatches
+
 from crosssite import distributed
 from crosssite import train as train_module
 from crosssite.config import TrainConfig
@@ -26,9 +28,7 @@ TINY = dict(image_size=32, width=0.0625, batch_per_site=8, lr=1e-3)
 
 def _minibatches(step: int):
     """The global batch of a step: 8 images per site, both classes, sites on different scales."""
-    g = torch.Generator().manual_seed(step)
-    return [(torch.randn(8, 3, 32, 32, generator=g) * (1 + site) + site, torch.tensor([0, 1] * 4))
-            for site in range(2)]
+    return site_minibatches(seed=step, n=8, size=32, scale=1.0)
 
 
 def _initial_state(name: str) -> dict:

@@ -171,6 +171,20 @@ def test_damaged_sweep_files_are_one_line_errors(reported, capsys, name, content
     assert message in err and "\n" not in err
 
 
+@pytest.mark.parametrize("change, key", [(lambda m: m.pop("auc"), "'auc'"), (lambda m: m.update(f1="0.5"), "'f1'")],
+                         ids=["no auc", "f1 not a number"])
+def test_a_job_line_without_a_metric_is_a_one_line_error(reported, capsys, change, key):
+    results = reported / "results.jsonl"
+    lines = read_jsonl(results)
+    change(lines[2]["sites"]["covid-ct"])  # a hand-edited or old line
+    results.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert cli.main(["report", str(reported)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(results) in err and lines[2]["job"] in err and "covid-ct" in err
+    assert key in err
+    assert not (reported / "report.md").exists()
+
+
 def test_patient_level_auc_only_where_the_site_has_patient_ids(reported):
     from crosssite.scans import level_metrics
 

@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from conftest import site_minibatches
+
 from crosssite.runtime import MALLOC_TUNABLES, MARKER, OPT_OUT, prepare_input, prepare_model, tuned_environment
 
 WANTED = ":".join(f"{k}={v}" for k, v in MALLOC_TUNABLES.items())
@@ -74,8 +76,7 @@ def test_training_step_in_channels_last_matches_the_plain_step():
         torch.manual_seed(0)
         return create_method("contrastive", 2, TrainConfig(image_size=64, width=0.125))
 
-    g = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(4, 3, 64, 64, generator=g), torch.tensor([0, 1, 0, 1])) for _ in range(2)]
+    batches = site_minibatches(seed=1, shift=0.0)
     plain, ours = method(), method()
     as_torch_layers(plain)
     assert not [m for m in plain.modules() if type(m).__module__ == "crosssite.models.layers"]

@@ -154,6 +154,27 @@ def test_parallel_workers_run_every_job_once_in_its_own_folder(tmp_path):
     assert all((tmp_path / r["folder"] / "metrics.json").exists() for r in records)
 
 
+def _warn(text):
+    import warnings
+
+    warnings.warn(text, CrossSiteWarning)
+
+
+def test_warnings_in_worker_processes_are_one_line_as_in_the_cli(capfd):
+    """A spawned worker starts with Python's two-line warning format; _init_worker gives it the CLI's."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from crosssite.sweep import _init_worker
+
+    context = get_context("spawn")
+    devices = context.Queue()
+    devices.put("cpu")
+    with ProcessPoolExecutor(1, context, initializer=_init_worker, initargs=(1, devices)) as pool:
+        pool.submit(_warn, "a repaired file").result()
+    assert capfd.readouterr().err.splitlines() == ["crosssite: warning: a repaired file"]
+
+
 def test_unknown_device_fails_before_any_job(tmp_path):
     with pytest.raises(CrossSiteError, match="device"):
         run_sweep(TrainConfig(**TINY), TWO_ROWS, seeds=1, out=tmp_path, progress=False, devices=["cpu", "tpu:3"])

@@ -57,24 +57,42 @@ def final_weights(out):
     return torch.load(out / "last.pt", weights_only=True)["model"]
 
 
+def cut_after(monkeypatch, epoch):
+    """Kill training after epoch `epoch` has written its log line but before its last.pt."""
+    real_save = train_module.save_checkpoint
+
+    def save_or_die(path, *args, **kwargs):
+        if path.name == "last.pt" and kwargs["epoch"] == epoch:
+            raise KeyboardInterrupt
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_or_die)
+
+
+def kill_at_validation(monkeypatch, epoch):
+    """Kill training in epoch `epoch` after its training steps, as it starts validating (before it saves
+    anything); monkeypatch.undo() brings the real validation back."""
+    real_evaluate = train_module.evaluate_part
+    calls = {"val": 0}
+
+    def evaluate_then_die(method, data, part, *args, **kwargs):
+        calls["val"] += part == "val"
+        if calls["val"] == epoch:
+            raise KeyboardInterrupt
+        return real_evaluate(method, data, part, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_part", evaluate_then_die)
+
+
 def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
     config = tiny_config(tmp_path, "whole", method="contrastive", epochs=3)
     train_module.train(config, progress=False)
 
     interrupted = tiny_config(tmp_path, "killed", method="contrastive", epochs=3)
-    real_evaluate = train_module.evaluate_part
-    calls = {"n": 0}
-
-    def evaluate_then_die(method, data, part, *args, **kwargs):
-        calls["n"] += part == "val"
-        if calls["n"] == 2:  # in epoch 2, after its training steps, before its checkpoint
-            raise KeyboardInterrupt
-        return real_evaluate(method, data, part, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "evaluate_part", evaluate_then_die)
+    kill_at_validation(monkeypatch, epoch=2)  # after epoch 2's training steps, before its checkpoint
     with pytest.raises(KeyboardInterrupt):
         train_module.train(interrupted, progress=False)
-    monkeypatch.setattr(train_module, "evaluate_part", real_evaluate)
+    monkeypatch.undo()
     assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["epoch"] == 1
 
     train_module.train(interrupted, resume=True, progress=False)
@@ -215,18 +233,6 @@ def test_out_naming_a_file_is_refused(tmp_path):
     assert existing.read_text() == "mine"
 
 
-def cut_after(monkeypatch, epoch):
-    """Kill training after epoch `epoch` has written its log line but before its last.pt."""
-    real_save = train_module.save_checkpoint
-
-    def save_or_die(path, *args, **kwargs):
-        if path.name == "last.pt" and kwargs["epoch"] == epoch:
-            raise KeyboardInterrupt
-        return real_save(path, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_or_die)
-
-
 def test_a_moved_run_folder_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path, "before", method="joint")  # absolute path in config.yaml
@@ -286,19 +292,10 @@ def test_saving_every_k_epochs_resumes_from_the_last_saved_epoch_to_the_same_end
     whole = train_module.train(tiny_config(tmp_path, "whole", method="sepnorm", epochs=3), progress=False)
 
     sparse = tiny_config(tmp_path, "sparse", method="sepnorm", epochs=3, save_every=2)
-    real_evaluate = train_module.evaluate_part
-    calls = {"n": 0}
-
-    def evaluate_then_die(method, data, part, *args, **kwargs):
-        calls["n"] += part == "val"
-        if calls["n"] == 3:  # in epoch 3, after its training steps: epoch 2 was the last one saved
-            raise KeyboardInterrupt
-        return real_evaluate(method, data, part, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "evaluate_part", evaluate_then_die)
+    kill_at_validation(monkeypatch, epoch=3)  # after epoch 3's training steps: epoch 2 was the last one saved
     with pytest.raises(KeyboardInterrupt):
         train_module.train(sparse, progress=False)
-    monkeypatch.setattr(train_module, "evaluate_part", real_evaluate)
+    monkeypatch.undo()
     assert torch.load(tmp_path / "sparse" / "last.pt", weights_only=True)["epoch"] == 2
 
     # how often to save is not a setting of what is computed: a resume may change it
@@ -331,3 +328,15 @@ def test_paced_saving_keeps_writes_to_a_twentieth_of_the_training_time():
     assert all(slow.due(e, 8, 20.0) for e in range(1, 9))  # CPU epochs dwarf a write: every epoch
     assert [e for e in range(1, 8) if train_module.SavePacing(3).due(e, 7, 1e-3)] == [3, 6, 7]
 
+
+def test_duplicate_grouping_sees_ct_slices_through_the_runs_window(window_twins_site, tmp_path):
+    """--group-duplicates compares CT slices as this run's training reads them: through its --window."""
+    from crosssite.data.splits import make_splits
+
+    def splits(window):
+        config = TrainConfig(sites=[f"ct={window_twins_site}"], group_duplicates=0.95, window=window, image_size=32)
+        return train_module.prepare_data(config, tmp_path, resume=False, progress=False)
+
+    bone = splits([2000.0, 1000.0])
+    assert bone.splits == make_splits(bone.sites, "fold", 0, 4, 0, 0.95, window=(2000.0, 1000.0))
+    assert bone.splits != splits([1500.0, -600.0]).splits

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_trained, save_checkpoint
+from .config import EVAL_BATCH_SIZE
 from .data.images import DecodedCache
 from .data.sites import is_image, parse_site_arg
 from .data.volumes import find_scans, is_scan_path, scan_slices
@@ -45,7 +46,7 @@ def list_images(path: Path, slices: str = "all") -> list[Path]:
 
 
 @torch.no_grad()
-def estimate_bn_statistics(method, site: int, images: np.ndarray, batch_size: int = 64) -> None:
+def estimate_bn_statistics(method, site: int, images: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> None:
     """Set `site`'s running statistics in every SiteBatchNorm to the cumulative average over `images`.
 
     Only that site's copies run in train mode, so no other buffer or parameter can change. Batches are
@@ -67,7 +68,7 @@ def estimate_bn_statistics(method, site: int, images: np.ndarray, batch_size: in
             bn.eval()
 
 
-def adapt_checkpoint(checkpoint: Path, site_arg: str, out: Path, batch_size: int = 64) -> dict:
+def adapt_checkpoint(checkpoint: Path, site_arg: str, out: Path, batch_size: int = EVAL_BATCH_SIZE) -> dict:
     """Write `out`: `checkpoint` plus site NAME=PATH fitted by AdaBN; return the adaptation record."""
     name, source = parse_site_arg(site_arg)
     if name == "auto":

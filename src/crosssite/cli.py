@@ -11,10 +11,10 @@ import warnings
 from pathlib import Path
 
 from . import distributed
-from .config import TrainConfig, load_config
+from .config import EVAL_BATCH_SIZE, TrainConfig, load_config
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
-from .errors import CrossSiteError
+from .errors import CrossSiteError, print_warning
 from .metrics import format_metrics
 from .presets import PRESETS, get_preset
 from .runtime import ensure_malloc_tuning
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--as-site", metavar="KNOWN",
                           help="evaluate sites the checkpoint does not know with the batch norms of site KNOWN")
     add_aggregate_flags(evaluate)
-    evaluate.add_argument("--batch-size", type=positive_int, default=64)
+    evaluate.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="which site's batch norms to use, or 'auto': the site whose statistics are closest")
     predict.add_argument("images", nargs="+", metavar="IMG_OR_SCAN")
     add_aggregate_flags(predict)
-    predict.add_argument("--batch-size", type=positive_int, default=64)
+    predict.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     predict.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--site", required=True, help="the site whose batch norms are folded into the file")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
     export.add_argument("--out", required=True, help="file to write, e.g. covid-ct.onnx")
-    export.add_argument("--batch-size", type=int, default=64, help="batch size of the agreement check")
+    export.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="batch size of the agreement check")
     export.set_defaults(func=cmd_export)
 
     card = sub.add_parser("card", help="MODEL_CARD.md and metadata.json for a run folder")
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("checkpoint")
     adapt.add_argument("--site", required=True, metavar="NAME=PATH", help="new site name and its image folder")
     adapt.add_argument("--out", required=True, type=path_text, help="new checkpoint file")
-    adapt.add_argument("--batch-size", type=positive_int, default=64)
+    adapt.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
     adapt.set_defaults(func=cmd_adapt)
 
     params = sub.add_parser("params", help="total, shared and per-site parameter counts of methods")
@@ -381,11 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--sites", type=int, default=2, help="number of sites")
     params.set_defaults(func=cmd_params)
     return parser
-
-
-def print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line each, like errors (no source location: the user cannot act on it)."""
-    print(f"crosssite: warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

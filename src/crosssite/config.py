@@ -21,7 +21,12 @@ import yaml
 from .data.volumes import parse_slices
 from .errors import CrossSiteError
 from .io import atomic_write_text, read_yaml
+from .models.contract import IMAGE_SIZE_STEP, image_size_problem
 
+
+#: images per forward pass where nothing is learnt (validation, test, evaluate, predict, adapt, export's
+#: check); the one default of every --batch-size but train's
+EVAL_BATCH_SIZE = 64
 
 #: settings of how a run executes, not of what it computes: `--resume` may change them
 EXECUTION_SETTINGS = ("cuda_graphs", "save_every")
@@ -54,7 +59,7 @@ class TrainConfig:
     seed: int = setting(0, "random seed (splits, initialisation, sampling, augmentation)")
     epochs: int = setting(100, "training epochs")
     batch_per_site: int = setting(16, "images per site in a step")  # paper: batch 32 = 16 per site
-    image_size: int = setting(224, "input size in pixels, a multiple of 16 (224 = paper)")
+    image_size: int = setting(224, f"input size in pixels, a multiple of {IMAGE_SIZE_STEP} (224 = paper)")
     width: float = setting(1.0, "channel multiplier of the backbone (1.0 = paper)")
     # reference PEPX has no activation inside
     pepx_relu: bool = setting(False, "ReLU inside PEPX blocks")
@@ -71,7 +76,7 @@ class TrainConfig:
     group_duplicates: float | None = setting(
         None, "fold split: group near-duplicate images (thumbnail correlation >= this, e.g. 0.95) so none straddles "
         "parts")
-    eval_batch_size: int = setting(64, "batch size for validation and test")
+    eval_batch_size: int = setting(EVAL_BATCH_SIZE, "batch size for validation and test")
     tail_epochs: int = setting(
         3, "test predictions of the last K epochs are kept (tail_predictions.csv) for the report; never for selection")
     # CT scans (DICOM/NIfTI/MetaImage): HU window [width, level] (lung window), and which slices to use
@@ -101,8 +106,8 @@ class TrainConfig:
             problems.append(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_per_site < 2:
             problems.append(f"batch_per_site must be at least 2 (batch norm needs two samples), got {self.batch_per_site}")
-        if self.image_size < 32 or self.image_size % 16:
-            problems.append(f"image_size must be a multiple of 16, at least 32, got {self.image_size}")
+        if problem := image_size_problem(self.image_size):
+            problems.append(problem)
         if self.width <= 0:
             problems.append(f"width must be positive, got {self.width}")
         if self.lr <= 0 or self.temperature <= 0:

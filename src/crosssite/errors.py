@@ -1,4 +1,6 @@
-"""User-facing errors: the CLI prints these as one line and exits non-zero."""
+"""User-facing errors: the CLI prints these as one line and exits non-zero; warnings too are one line."""
+
+import sys
 
 
 class CrossSiteError(Exception):
@@ -22,3 +24,9 @@ class DivergedError(CrossSiteError):
 
 class CrossSiteWarning(UserWarning):
     """Something was repaired or skipped that the user should know of (the CLI prints it as one line)."""
+
+
+def print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, like errors (no source location: the user cannot act on it); installed as
+    `warnings.showwarning` by the CLI and in every `crosssite sweep` worker process."""
+    print(f"crosssite: warning: {message}", file=sys.stderr)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import load_trained
+from .config import EVAL_BATCH_SIZE
 from .data.images import DecodedCache
 from .data.sites import Site, load_sites, parse_site_arg
 from .data.splits import load_splits, make_splits
@@ -67,8 +68,8 @@ def evaluate_part(method, data: RunData, part: str, batch_size: int,
 
 def evaluate_checkpoint(checkpoint: str, part: str = "test", data: str | None = None, sites: list[str] | None = None,
                         split_file: str | None = None, fold: int | None = None, as_site: str | None = None,
-                        batch_size: int = 64, compile: bool = False, device: str = "auto", how: str = "topk",
-                        top_k: int = TOP_K) -> dict:
+                        batch_size: int = EVAL_BATCH_SIZE, compile: bool = False, device: str = "auto",
+                        how: str = "topk", top_k: int = TOP_K) -> dict:
     """Metrics of a checkpoint on a part of a split: per site, and per scan and patient where they exist.
 
     Defaults come from the checkpoint: its data folder and sites, the split.json beside it (else the
@@ -102,7 +103,8 @@ def evaluate_checkpoint(checkpoint: str, part: str = "test", data: str | None = 
         splits, source = {}, ""
     rest = {n: s for n, s in loaded.items() if n not in splits}  # sites the saved split does not hold
     if rest:
-        splits.update(make_splits(rest, config.split, fold_used, config.folds, config.seed, config.group_duplicates))
+        splits.update(make_splits(rest, config.split, fold_used, config.folds, config.seed, config.group_duplicates,
+                                  config.window))
         source = "; ".join(filter(None, [source, f"{', '.join(rest)}: {config.split} split, fold {fold_used}, "
                                                   f"seed {config.seed}"]))
     as_note = {n: site_names[i] for n, i in bn_sites.items() if n not in site_names}

@@ -11,7 +11,7 @@ channels and normalised with the ImageNet mean and std (crosssite.data.transform
   bn_sq_mean   (batch, C):   batch norm (after folding: the layer it was folded into), and of its square
 
 The two statistics outputs (absent for a method without site-specific batch norm) let `predict --site
-auto` compare new images with each site's batch-norm statistics without PyTorch (crosssite.onnx_inference).
+auto` compare new images with each site's batch-norm statistics without PyTorch (crosssite.exported).
 
 Metadata travel inside the file, as one JSON document under the key `crosssite` (ONNX metadata_props;
 TorchScript extra file `crosssite.json`): the input's shape and preprocessing, the site, the method and
@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_trained
+from .config import EVAL_BATCH_SIZE
 from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.sites import SAMPLE_DATA, is_image
@@ -293,7 +294,7 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_size: int = 64) -> dict:
+def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_size: int = EVAL_BATCH_SIZE) -> dict:
     """Export one site's network of `checkpoint` to `out`, checked against PyTorch; return its metadata."""
     checkpoint, out = Path(checkpoint), Path(out)
     if fmt not in FORMATS:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from .config import EVAL_BATCH_SIZE
 from .data.sampling import eval_batches
 from .data.transforms import to_tensor
 from .distributed import spread
@@ -82,7 +83,8 @@ def inference_network(method, site: int, compile: bool = False) -> InferenceNetw
 
 
 @torch.no_grad()
-def predict_proba(method, images: np.ndarray, site: int, batch_size: int = 64, compile: bool = False) -> np.ndarray:
+def predict_proba(method, images: np.ndarray, site: int, batch_size: int = EVAL_BATCH_SIZE,
+                  compile: bool = False) -> np.ndarray:
     """P(COVID) for a (N, s, s) uint8 array of eval-size images of one site.
 
     Runs the fast copy of `method.predict(., site)` (`inference_network`); `compile` adds torch.compile.

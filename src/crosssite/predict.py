@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_trained
+from .config import EVAL_BATCH_SIZE
 from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.sites import is_image
@@ -40,7 +41,7 @@ def symmetric_kl(m: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, var: torch.
 
 
 @torch.no_grad()
-def bn_distances(method, images: np.ndarray, batch_size: int = 64) -> list[float]:
+def bn_distances(method, images: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> list[float]:
     """Per known site, the mean symmetric KL between the images' pre-BN activations and its BN statistics."""
     if not method.site_batch_norms(0):
         raise CrossSiteError(f"--site {AUTO} needs a model with site-specific batch norm "
@@ -119,7 +120,7 @@ def result_rows(inputs, probs, how: str = "topk", top_k: int = TOP_K, extra: dic
     return rows
 
 
-def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = 64,
+def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = EVAL_BATCH_SIZE,
                    compile: bool = False, device: str = "auto", how: str = "topk", top_k: int = TOP_K,
                    backend: str = "torch") -> list[dict]:
     """One dict per image or scan: path, P(COVID) and predicted label (P(COVID) >= 0.5).
@@ -130,10 +131,17 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
     `device`: where the network runs (see crosssite.distributed.device; "auto" = a GPU when there is one).
     With site "auto" every row also carries the chosen `site` and `bn_distance`, each known site's distance.
     `backend` "onnxruntime" / "torchscript": `checkpoint` is an export of that format or a folder of them
-    (crosssite.onnx_inference; the CPU, the window and slices of the export's metadata).
+    (crosssite.exported; the CPU, the window and slices of the export's metadata), and a `device` or
+    `compile` other than the defaults is refused, not ignored.
     """
     if backend in EXPORT_BACKENDS:
-        from .onnx_inference import predict_with_exports
+        from .exported import predict_with_exports
+
+        torch_only = [flag for flag, given in ((f"--device {device}", device != "auto"), ("--compile", compile))
+                      if given]
+        if torch_only:  # the exports run as they are, on the CPU: say so rather than ignore the flags
+            raise CrossSiteError(f"{' and '.join(torch_only)}: only for --backend torch; --backend {backend} "
+                                 "runs the exports on the CPU as they are (drop the flag)")
 
         return predict_with_exports(checkpoint, site, images, batch_size, how, top_k, backend)
     if Path(checkpoint).suffix == ".onnx":

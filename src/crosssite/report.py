@@ -61,10 +61,26 @@ def load_results(folder: Path) -> SweepResults:
     row_seeds = settings.get("row_seeds", {})
     planned = [job_name(r.name, fold, seed) for r, fold, seed in planned_names(rows, settings["folds"], settings["seeds"], row_seeds)]
     latest = {r["job"]: r for r in read_results(folder / "results.jsonl")}
+    for record in latest.values():
+        _check_metrics(folder / "results.jsonl", record)
     sites = list(dict.fromkeys(s for r in latest.values() if r["status"] == "ok" for s in r["sites"]))
     if not sites:
         raise CrossSiteError(f"{folder / 'results.jsonl'}: no finished job to report on")
     return SweepResults(folder, settings, rows, planned, latest, sites)
+
+
+def _check_metrics(path: Path, record: dict) -> None:
+    """A finished job's line holds, for every site, each metric the tables read: a hand-edited line, or one
+    from an older crosssite, may not, and would otherwise stop the report with a traceback."""
+    if record["status"] != "ok":
+        return
+    for site, metrics in record["sites"].items():
+        missing = [m for m in TABLE1_METRICS
+                   if isinstance(metrics.get(m), bool) or not isinstance(metrics.get(m), (int, float))]
+        if missing:
+            raise CrossSiteError(f"{path}: job {record['job']}, site {site}: no {', '.join(map(repr, missing))} metric "
+                                 f"(needed: {', '.join(TABLE1_METRICS)}); mend its line from the job's metrics.json "
+                                 "or re-run the job")
 
 
 # ---- Table I: mean ± std per row, site and metric ----------------------------------------------

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import yaml
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .errors import CrossSiteError
+from .errors import CrossSiteError, print_warning
 from .io import append_jsonl, atomic_write_text, read_jsonl, read_yaml
 from .paper import ROW_GROUPS, Row, planned_names, select_rows
 
@@ -213,9 +214,11 @@ _worker_device = "auto"
 
 
 def _init_worker(threads: int, devices) -> None:
-    """A worker's share of the cores and its device; on Linux it dies with the sweep (a restart never races it)."""
+    """A worker's share of the cores and its device; its warnings print as one line, as the CLI's do; on
+    Linux it dies with the sweep (a restart never races it)."""
     import torch
 
+    warnings.showwarning = print_warning  # a spawned process starts with Python's two-line format
     global _worker_device
     _worker_device = devices.get()  # each worker takes one entry of the queue
     torch.set_num_threads(threads)

@@ -77,7 +77,8 @@ def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = 
     if resume and split_file.exists():
         splits = load_splits(split_file, sites)
     else:
-        splits = make_splits(sites, config.split, config.fold, config.folds, config.seed, config.group_duplicates)
+        splits = make_splits(sites, config.split, config.fold, config.folds, config.seed, config.group_duplicates,
+                             config.window)
     data = RunData(sites, splits, DecodedCache(config.image_size, config.window))
     for name in sites:
         evaluated = data.paths(name, "val") + data.paths(name, "test")

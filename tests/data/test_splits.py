@@ -129,3 +129,28 @@ def test_grouped_folds_full(shared_data):
     assert _straddling(make_splits({"a": site}, "fold", 0, 4, 0)["a"], pairs)
     grouped = make_splits({"a": site}, "fold", 0, 4, 0, group_duplicates=0.95)["a"]
     assert not _straddling(grouped, pairs)
+
+
+def _twins(site):
+    """(i, j) of the slices of scans pKa / pKb (see conftest.window_twins_site)."""
+    index = {str(s.path).replace("a.mha#", "b.mha#"): i for i, s in enumerate(site.samples) if "a.mha#" in str(s.path)}
+    return [(index[str(s.path)], j) for j, s in enumerate(site.samples) if str(s.path) in index]
+
+
+def test_grouped_folds_see_ct_slices_through_the_run_window(window_twins_site):
+    from crosssite.data.duplicates import duplicate_groups
+    from crosssite.data.sites import read_generic
+
+    site = read_generic(window_twins_site, "ct")
+    twins, paths = _twins(site), [s.path for s in site.samples]
+    lung, bone = (1500.0, -600.0), (2000.0, 1000.0)
+    assert len(twins) == 16 and len(site) == 32
+    assert len(set(duplicate_groups(paths, 0.95, window=lung))) == 16
+    assert len(set(duplicate_groups(paths, 0.95, window=bone))) == 32
+
+    def folds(window):
+        return [make_splits({"ct": site}, "fold", f, 4, 0, 0.95, window=window)["ct"] for f in range(4)]
+
+    assert not any(_straddling(s, twins) for s in folds(lung))  # the default window is the lung window
+    assert not any(_straddling(s, twins) for s in [fold_split(site, f, 4, 0, group_duplicates=0.95) for f in range(4)])
+    assert any(_straddling(s, twins) for s in folds(bone))  # through a bone window twins are unrelated

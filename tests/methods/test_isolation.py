@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from conftest import site_minibatches
+
 from crosssite.config import TrainConfig
 from crosssite.methods import METHODS, create_method
 from crosssite.methods.params import count_parameters
@@ -14,11 +16,6 @@ SMALL = dict(image_size=64, width=0.25, batch_per_site=4, lr=1e-3, weight_decay=
 def build(name):
     torch.manual_seed(0)
     return create_method(name, 2, TrainConfig(method=name, **SMALL))
-
-
-def two_site_batches():
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(4, 3, 64, 64, generator=g) + s, torch.tensor([0, 1, 0, 1])) for s in range(2)]
 
 
 def site_only_tensors(method, site):
@@ -51,7 +48,7 @@ def test_every_method_with_per_site_parameters_is_checked():
 @pytest.mark.parametrize("name", SITE_SPECIFIC)
 def test_step_without_a_site_leaves_its_tensors_unchanged(name, trained, idle):
     method = build(name)
-    batches = two_site_batches()
+    batches = site_minibatches(seed=1)
     method.update(batches)  # both sites: every parameter now has Adam moments that could keep moving it
     idle_before, trained_before = site_only_tensors(method, idle), site_only_tensors(method, trained)
     assert idle_before and any(k.endswith("running_mean") for k in idle_before)  # buffers are covered too

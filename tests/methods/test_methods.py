@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from conftest import site_minibatches
+
 from crosssite.checkpoint import load_trained, save_checkpoint
 from crosssite.config import TrainConfig
 from crosssite.errors import CrossSiteError
@@ -12,16 +14,6 @@ from crosssite.methods import METHODS, create_method
 from crosssite.models.site_bn import SiteBatchNorm
 
 SMALL = dict(image_size=64, width=0.25, batch_per_site=4, lr=1e-3)
-
-
-def tiny_minibatches(seed=0, n=4, size=64):
-    g = torch.Generator().manual_seed(seed)
-    batches = []
-    for site in range(2):
-        x = torch.randn(n, 3, size, size, generator=g) + site  # the sites look different
-        y = torch.tensor([0, 1] * (n // 2))
-        batches.append((x, y))
-    return batches
 
 
 def build(name, **overrides):
@@ -32,7 +24,7 @@ def build(name, **overrides):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_updates_give_finite_losses_and_gradients(name):
     method = build(name)
-    batches = tiny_minibatches()
+    batches = site_minibatches()
     losses = [float(method.update(batches)["loss"]) for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
     # after a step, every parameter that received a gradient has a finite one, and most did
@@ -44,7 +36,7 @@ def test_updates_give_finite_losses_and_gradients(name):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_loss_decreases_on_a_fixed_batch(name):
     method = build(name)
-    batches = tiny_minibatches()
+    batches = site_minibatches()
     first = method.update(batches)["loss"]
     for _ in range(8):
         last = method.update(batches)["loss"]
@@ -64,7 +56,7 @@ def test_predict_shape_per_site(name):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_checkpoint_reloads_identical_model(name, tmp_path):
     method = build(name)
-    method.update(tiny_minibatches())
+    method.update(site_minibatches())
     config = method.config
     save_checkpoint(tmp_path / "m.pt", method, config, ["a", "b"])
     trained = load_trained(tmp_path / "m.pt", expect_method=name)
@@ -91,7 +83,7 @@ def test_site_specific_methods_have_per_site_bn(name):
 
 
 def test_contrastive_reports_both_loss_terms():
-    stats = {k: float(v) for k, v in build("contrastive").update(tiny_minibatches()).items()}
+    stats = {k: float(v) for k, v in build("contrastive").update(site_minibatches()).items()}
     assert stats["loss"] == pytest.approx(stats["ce"] + stats["contrastive"], rel=1e-5)
     assert stats["contrastive"] > 0
 
@@ -104,7 +96,7 @@ def test_projection_head_only_where_used():
 def test_single_keeps_site_networks_independent():
     """Site 0's network ends the same whatever site 1's batch was (clipping included)."""
     a, b = build("single"), build("single")
-    batches = tiny_minibatches()
+    batches = site_minibatches()
     other = [batches[0], (batches[1][0] * 5.0, 1 - batches[1][1])]
     for _ in range(2):
         a.update(batches)
@@ -115,14 +107,14 @@ def test_single_keeps_site_networks_independent():
 
 def test_non_finite_loss_never_reaches_the_weights_and_is_reported():
     method = build("joint")
-    method.update(tiny_minibatches())
+    method.update(site_minibatches())
     assert method.divergence() is None
     before = [p.detach().clone() for p in method.parameters()]
     adam_steps = [s["step"].clone() for s in method.optimizer.state.values()]
-    method.step(method.loss(tiny_minibatches())[0] * float("nan"))
+    method.step(method.loss(site_minibatches())[0] * float("nan"))
     assert method.divergence()[0] == 2 and math.isnan(method.divergence()[1])
     # from then on every update is skipped, good losses included: the weights stay the last good ones
-    method.update(tiny_minibatches(seed=1))
+    method.update(site_minibatches(seed=1))
     assert all(torch.equal(a, b) for a, b in zip(before, method.parameters()))
     assert all(torch.equal(a, s["step"]) for a, s in zip(adam_steps, method.optimizer.state.values()))
     assert method.divergence()[0] == 2
@@ -130,7 +122,7 @@ def test_non_finite_loss_never_reaches_the_weights_and_is_reported():
 
 def test_non_finite_gradient_is_caught_like_a_non_finite_loss():
     method = build("joint")
-    loss = method.loss(tiny_minibatches())[0]
+    loss = method.loss(site_minibatches())[0]
     before = [p.detach().clone() for p in method.parameters()]
     weight = next(method.parameters())
     weight.register_hook(lambda g: g * float("inf"))

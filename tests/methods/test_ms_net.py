@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from conftest import site_minibatches
+
 from crosssite.config import TrainConfig
 from crosssite.methods import create_method
 from crosssite.methods.ms_net import soft_target_kl
@@ -29,13 +31,8 @@ def build(**overrides):
     return create_method("ms-net", 2, config)
 
 
-def batches():
-    g = torch.Generator().manual_seed(0)
-    return [(torch.randn(4, 3, 64, 64, generator=g) + s, torch.tensor([0, 1, 0, 1])) for s in range(2)]
-
-
 def test_loss_is_auxiliary_ce_plus_weighted_universal_terms():
-    stats = {k: float(v) for k, v in build(kd_weight=0.3).update(batches()).items()}
+    stats = {k: float(v) for k, v in build(kd_weight=0.3).update(site_minibatches()).items()}
     expected = stats["aux_ce"] + 0.7 * stats["universal_ce"] + 0.3 * stats["kd"]
     assert stats["loss"] == pytest.approx(expected, rel=1e-5)
     assert stats["kd"] > 0
@@ -43,7 +40,7 @@ def test_loss_is_auxiliary_ce_plus_weighted_universal_terms():
 
 def test_prediction_uses_the_universal_head_not_the_auxiliary_ones():
     method = build()
-    method.update(batches())
+    method.update(site_minibatches())
     method.eval()
     x = torch.randn(2, 3, 64, 64)
     before = [method.predict(x, s) for s in range(2)]

@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import site_minibatches
+
 from crosssite.checkpoint import load_trained, save_checkpoint
 from crosssite.cli import build_parser
 from crosssite.config import TrainConfig
@@ -41,8 +43,7 @@ def trial():
 
 def test_a_registered_method_trains_checkpoints_and_is_offered(trial, tmp_path, capsys):
     method = METHODS["trial"](2, SMALL)
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 0, 1])) for _ in range(2)]
+    batches = site_minibatches(size=32, shift=0.0)
     before = [p.detach().clone() for p in method.parameters()]
     assert torch.isfinite(method.update(batches)["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters()))

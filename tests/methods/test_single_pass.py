@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import site_minibatches
+
 from crosssite.config import TrainConfig
 from crosssite.distributed import make_update
 from crosssite.losses import supervised_nt_xent
@@ -28,12 +30,6 @@ def build(name):
                 for p in copy.parameters():
                     p.add_(0.1 * (site + 1) * torch.randn(p.shape, generator=g))
     return method
-
-
-def batches(sites=(0, 1), n=4):
-    g = torch.Generator().manual_seed(2)
-    return [(torch.randn(n, 3, 64, 64, generator=g) * (site + 1) + site, torch.tensor([0, 1] * (n // 2)))
-            if site in sites else None for site in range(2)]
 
 
 def heads(net):
@@ -75,7 +71,7 @@ def run(method, outputs_of, minibatches):
 @pytest.mark.parametrize("sites", [(0, 1), (1,)])
 @pytest.mark.parametrize("name", ONE_NETWORK_SITE_SPECIFIC)
 def test_single_pass_equals_one_pass_per_site(name, sites):
-    minibatches = batches(sites)
+    minibatches = site_minibatches(seed=2, scale=1.0, sites=sites)
     ref_out, ref_grads, ref_buffers = run(build(name), per_site_outputs, minibatches)
     out, grads, buffers = run(build(name), single_pass_outputs, minibatches)
     for a, b in zip(out, ref_out):
@@ -95,7 +91,7 @@ def test_single_pass_equals_one_pass_per_site(name, sites):
 
 
 def test_contrastive_loss_is_the_papers_loss_on_the_per_site_outputs():
-    minibatches = batches()
+    minibatches = site_minibatches(seed=2, scale=1.0)
     method = build("contrastive")
     _, logits, projections = per_site_outputs(method, minibatches)
     labels = torch.cat([y for _, y in minibatches])
@@ -109,7 +105,7 @@ def steady_step_ops(name):
     torch.manual_seed(0)
     method = create_method(name, 2, TrainConfig(method=name, image_size=64, width=0.25))
     update = make_update(method)
-    minibatches = [(torch.randn(16, 3, 64, 64), torch.tensor([0, 1] * 8)) for _ in range(2)]
+    minibatches = site_minibatches(n=16)
     update(minibatches)  # the first step also creates Adam's state
     return count_ops(lambda: update(minibatches)).total
 

@@ -77,13 +77,14 @@ def exact_pairs(hashes: Sequence[str]) -> list[tuple[int, int]]:
 
 
 def duplicate_groups(paths: Sequence[Path], threshold: float = DEFAULT_THRESHOLD,
-                     groups: np.ndarray | None = None) -> np.ndarray:
+                     groups: np.ndarray | None = None, window=LUNG_WINDOW) -> np.ndarray:
     """Group id per image: connected components over near-duplicate links and same-group (patient) links.
 
     Feeding these ids to a grouped k-fold keeps every near-duplicate cluster, and every patient, in one part.
+    CT slices are compared through `window`, the run's, so the groups are of what training sees.
     """
     n = len(paths)
-    _, thumbs = fingerprints(paths)
+    _, thumbs = fingerprints(paths, window)
     i, j, _ = similar_pairs(thumbs, threshold)
     if groups is not None:  # chain the images of each patient: a star from the first image of the group
         first: dict[str, int] = {}

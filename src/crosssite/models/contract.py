@@ -6,8 +6,9 @@ capabilities)`. Methods build it through `Method.make_backbone()`, which calls
 takes every one of these keywords, may ignore those that mean nothing to its network, and raises
 ValueError for a value it cannot build (e.g. `projection=True` without a projection head).
 
-Image-size rule: a backbone accepts every `image_size` that `TrainConfig` accepts (a multiple of 16, at
-least 32) and predicts from images of that side.
+Image-size rule: a backbone accepts every `image_size` that `TrainConfig` accepts (a multiple of
+IMAGE_SIZE_STEP = 16, at least MIN_IMAGE_SIZE = 32; `image_size_problem` says why a size breaks it) and
+predicts from images of that side.
 
 Capabilities say what a method may do to the network beyond the contract; a method names the ones it
 needs (`Method.needs`) and runs on every registered backbone that has them.
@@ -26,6 +27,17 @@ PROJECTION = "projection"
 #: COVID-Net's PEPX blocks and a classifier ending in nn.Linear (series- and parallel-adapter attach to them)
 PEPX_BLOCKS = "pepx-blocks"
 CAPABILITY_NAMES = (BATCH_NORM, PROJECTION, PEPX_BLOCKS)
+
+#: the image-size rule, the one source of it: TrainConfig checks it, every backbone builds for it
+IMAGE_SIZE_STEP = 16
+MIN_IMAGE_SIZE = 2 * IMAGE_SIZE_STEP
+
+
+def image_size_problem(size) -> str | None:
+    """Why `size` breaks the image-size rule, or None when it is an accepted side."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_IMAGE_SIZE or size % IMAGE_SIZE_STEP:
+        return f"image_size must be a multiple of {IMAGE_SIZE_STEP}, at least {MIN_IMAGE_SIZE}, got {size!r}"
+    return None
 
 
 @runtime_checkable

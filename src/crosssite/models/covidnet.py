@@ -47,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .contract import image_size_problem
 from .layers import MaxPool2x2, PointwiseConv, ReLUMaxPool2x2
 
 STEM_CHANNELS = 64
@@ -58,9 +59,9 @@ PROJ_HIDDEN = 1024
 PROJ_DIM = 128
 REDESIGN_POOL = 2  # adaptive average pooling output side (2x2)
 DOWNSAMPLE = 32  # total stride of the backbone
-# input sizes: multiples of 16 (the last max pool floors an odd side, e.g. 112 px -> 3x3 at stage 4,
-# which is image_size // DOWNSAMPLE for every multiple of 16), so 112 px works as well as 224
-SIZE_STEP = 16
+# input sizes: contract.image_size_problem's multiples of 16 (the last max pool floors an odd side, e.g.
+# 112 px -> 3x3 at stage 4, which is image_size // DOWNSAMPLE for every multiple of 16), so 112 px works as
+# well as 224
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -172,8 +173,9 @@ class COVIDNet(nn.Module):
         ``projection_head``: "bn-relu" ends the head in BN + ReLU as the reference code does
         (non-negative embeddings); "linear" ends it in the bare linear layer (an ablation of ours)."""
         super().__init__()
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2 * SIZE_STEP or image_size % SIZE_STEP:
-            raise ValueError(f"image_size must be a multiple of {SIZE_STEP}, at least {2 * SIZE_STEP}, got {image_size!r}")
+        problem = image_size_problem(image_size)
+        if problem:
+            raise ValueError(problem)
         if not isinstance(width, (int, float)) or isinstance(width, bool) or not width > 0:
             raise ValueError(f"width must be a positive number, got {width!r}")
         if not isinstance(num_classes, int) or num_classes < 1:

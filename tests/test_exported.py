@@ -149,6 +149,16 @@ def test_torchscript_errors(tiny_run, torchscript_exports, capsys):
         assert message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("flags", [["--device", "cpu"], ["--compile"], ["--device", "cuda:0", "--compile"]])
+def test_torch_only_flags_are_refused_not_ignored(torchscript_exports, flags, capsys):
+    image = _images("covid-ct/CT_COVID", 1)[0]
+    args = [str(torchscript_exports), "--backend", "torchscript", "--site", "covid-ct", image]
+    assert main(["predict", *args, *flags]) == 2
+    err = capsys.readouterr().err
+    assert "only for --backend torch" in err and flags[-1] in err and len(err.strip().splitlines()) == 1
+    assert _predict(capsys, *args, "--device", "auto")  # the default, given explicitly, is fine
+
+
 def test_auto_refused_without_site_batch_norm(tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason=ONNX_REASON)
     from conftest import TINY_TRAIN_FLAGS

@@ -1,4 +1,4 @@
-"""Prediction with exported files (crosssite.export): `crosssite predict --backend onnxruntime | torchscript`.
+"""Inference with exported files (crosssite.export): `crosssite predict --backend onnxruntime | torchscript`.
 
 MODEL is one export or a folder of exports of one checkpoint, one per site: ONNX files (.onnx) run in
 onnxruntime, TorchScript files in torch.jit, both on the CPU. Images and CT scans are read as the torch
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import EVAL_BATCH_SIZE
 from .data.sampling import eval_batches
 from .data.transforms import to_tensor
 from .errors import CrossSiteError
@@ -67,8 +68,8 @@ def _input_settings(metadata: dict) -> tuple[int, tuple[float, float], str]:
     return metadata["input"]["image_size"], tuple(window), slices
 
 
-def predict_with_exports(model: Path, site: str, images: list[Path], batch_size: int = 64, how: str = "topk",
-                         top_k: int = TOP_K, backend: str = "onnxruntime") -> list[dict]:
+def predict_with_exports(model: Path, site: str, images: list[Path], batch_size: int = EVAL_BATCH_SIZE,
+                         how: str = "topk", top_k: int = TOP_K, backend: str = "onnxruntime") -> list[dict]:
     """The rows of crosssite.predict.predict_images, from exports run by `backend`."""
     model = Path(model)
     loaded = {}
