@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--site", required=True, help="the site whose batch norms are folded into the file")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
     export.add_argument("--out", required=True, help="file to write, e.g. covid-ct.onnx")
-    export.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="batch size of the agreement check")
+    export.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="batch size of the agreement check")
     export.set_defaults(func=cmd_export)
 
     card = sub.add_parser("card", help="MODEL_CARD.md and metadata.json for a run folder")
