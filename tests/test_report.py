@@ -14,7 +14,7 @@ from crosssite.config import TrainConfig
 from crosssite.data.sites import SAMPLE_DATA
 from crosssite.report import write_report
 from crosssite.io import read_jsonl
-from crosssite.paper import ROW_BY_NAME
+from crosssite.paper import COMPARISONS, ROW_BY_NAME
 from crosssite.sweep import run_sweep
 
 SITES = ["sars-cov-2-ct", "covid-ct"]
@@ -45,7 +45,7 @@ def read_csv(path):
 
 def test_report_writes_markdown_csv_latex_and_figures(reported):
     assert cli.main(["report", str(reported)]) == 0
-    for stem in ("table1", "table2", "table3"):
+    for stem in ("table1", *(stem for _, stem, _, _ in COMPARISONS)):
         assert (reported / "tables" / f"{stem}.csv").exists() and (reported / "tables" / f"{stem}.tex").exists()
     figures = [f"fig3_roc_{s}.png" for s in SITES] + [f"fig{4 + i}_gradcam_{s}.png" for i, s in enumerate(SITES)]
     for name in figures:
@@ -54,6 +54,7 @@ def test_report_writes_markdown_csv_latex_and_figures(reported):
     assert all(f"(figures/{name})" in text for name in figures)
     assert "10 of 10 planned jobs finished" in text and "None: every planned job finished." in text
     assert "ttest_rel" in text and "AUC" in text
+    assert all(f"## Table {number}: " in text for number, _, _, _ in COMPARISONS)
     assert "\\begin{tabular}" in (reported / "tables" / "table1.tex").read_text()
 
 
