@@ -108,6 +108,17 @@ def test_restart_with_other_settings_is_refused(tmp_path):
         run_sweep(TrainConfig(**{**TINY, "epochs": 3}), TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False)
 
 
+def test_a_setting_added_after_the_sweep_started_is_taken_at_its_default(tmp_path):
+    run_sweep(TrainConfig(**TINY), TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False)
+    saved = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    del saved["config"]["window"]  # as if written before --window existed
+    saved["config"]["save_every"] = 1  # an execution setting, as older sweeps recorded them
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    run_sweep(TrainConfig(**TINY, save_every=3), TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False)
+    with pytest.raises(CrossSiteError, match="config.window"):
+        run_sweep(TrainConfig(**{**TINY, "window": [400.0, 40.0]}), TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False)
+
+
 def test_rows_are_selected_by_name_and_unknown_ones_are_named():
     assert select_rows(["all"]) == ROWS
     assert select_rows(["contrastive,joint-covidnet", "sepnorm", "contrastive"]) == [

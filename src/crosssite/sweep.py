@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from .config import TrainConfig
+from .config import EXECUTION_SETTINGS, TrainConfig
 from .errors import CrossSiteError, print_warning
 from .io import append_jsonl, atomic_write_text, read_jsonl, read_yaml
 from .paper import ROW_GROUPS, Row, planned_names, select_rows
@@ -148,14 +148,25 @@ def run_job(job: Job, device: str | None = None) -> dict:
 
 
 def sweep_settings(base: TrainConfig, rows: list[Row], seeds: int, row_seeds: dict[str, int] | None = None) -> dict:
-    per_job = ("method", "backbone", "fold", "seed", "out")
+    """What sweep.yaml records and a restart must repeat: not the per-job settings, and not how jobs
+    execute (CUDA graphs, how often last.pt is written), which leaves results unchanged."""
+    skipped = ("method", "backbone", "fold", "seed", "out", *EXECUTION_SETTINGS)
     return {
         "rows": [r.name for r in rows],
         "folds": base.folds,
         "seeds": seeds,
         "row_seeds": dict(row_seeds or {}),
-        "config": {k: v for k, v in base.to_dict().items() if k not in per_job},
+        "config": {k: v for k, v in base.to_dict().items() if k not in skipped},
     }
+
+
+def _as_written_today(saved: dict, keys) -> dict:
+    """A saved sweep.yaml's settings in today's terms (config `keys`): a setting added to crosssite after
+    the sweep started ran at what is now its default; execution settings are not compared."""
+    defaults = TrainConfig().to_dict()
+    config = {k: v for k, v in saved.get("config", {}).items() if k not in EXECUTION_SETTINGS}
+    added = {k: defaults[k] for k in keys if k not in config}
+    return {**saved, "row_seeds": saved.get("row_seeds", {}), "config": {**added, **config}}
 
 
 #: sweep.yaml's record of how the sweep was started: written once, never compared
@@ -166,9 +177,8 @@ def check_settings(out: Path, settings: dict, command: str | None = None) -> Non
     """Write sweep.yaml, or check that a restarted sweep uses the settings it was started with."""
     path = out / "sweep.yaml"
     if path.exists():
-        saved = read_sweep_settings(path)
+        saved = _as_written_today(read_sweep_settings(path), settings["config"])
         saved.pop(PROVENANCE, None)
-        saved.setdefault("row_seeds", {})  # sweeps from before per-row seeds
         if saved != settings:
             changed = [k for k in settings if k != "config" and saved.get(k) != settings[k]]
             changed += [f"config.{k}" for k, v in settings["config"].items() if saved.get("config", {}).get(k) != v]
