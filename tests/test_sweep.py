@@ -8,7 +8,7 @@ import yaml
 
 from crosssite import cli
 from crosssite import train as train_module
-from crosssite.config import TrainConfig
+from crosssite.config import EXECUTION_SETTINGS, TrainConfig
 from crosssite.data.sites import SAMPLE_DATA
 from crosssite.errors import CrossSiteError, CrossSiteWarning
 from crosssite.presets import PRESETS
@@ -143,7 +143,8 @@ def test_cli_sweep_flags_override_the_preset(tmp_path, capsys):
     assert settings["rows"] == ["joint-redesign"] and settings["folds"] == 2 and settings["seeds"] == 1
     flags = dict(data=str(SAMPLE_DATA), folds=2, epochs=1, image_size=32, width=0.125, batch_per_site=8)
     expected = PRESETS["cpu"].config.replace(**flags).to_dict()
-    assert settings["config"] == {k: v for k, v in expected.items() if k not in ("method", "backbone", "fold", "seed", "out")}
+    per_job = ("method", "backbone", "fold", "seed", "out", *EXECUTION_SETTINGS)
+    assert settings["config"] == {k: v for k, v in expected.items() if k not in per_job}
     assert len(read_jsonl(out / "results.jsonl")) == 2
     assert "2 job(s) run, 0 failed" in capsys.readouterr().out
 
