@@ -100,8 +100,6 @@ def summary(pairs: list[dict], sites: dict[str, Site], threshold: float, split_s
     return "\n".join(lines)
 
 
-
-
 def run_audit(data: str | None, site_args: list[str], split_run: str | None, out: str,
               threshold: float = DEFAULT_THRESHOLD, window: list[float] | None = None,
               slices: str | None = None) -> str:

@@ -534,10 +534,10 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
     changes = grouped_changes(res, robust, aucs)
     md += ["## Duplicate-grouped folds", ""]
     if changes:
-        atomic_write_csv(tables / "grouped_folds.csv", ([
+        atomic_write_csv(tables / "grouped_folds.csv", [
             {k: v for k, v in c.items() if k not in ("ordinary", "grouped")}
             | {"ordinary_mean": c["ordinary"]["mean"], "grouped_mean": c["grouped"]["mean"]} for c in changes
-        ]))
+        ])
         md += ["Rows re-run on folds that keep near-duplicate images (thumbnail correlation >= 0.95) in one part "
                "(`--group-duplicates 0.95`), against the same rows on ordinary folds. sars-cov-2-ct has no "
                "patient ids, so on ordinary folds neighbouring slices of one patient can straddle train and "

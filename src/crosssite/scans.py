@@ -39,7 +39,7 @@ def aggregate(probs, how: str = "topk", top_k: int = TOP_K) -> float:
     raise CrossSiteError(f"unknown aggregate {how!r}; choose one of {', '.join(AGGREGATES)}")
 
 
-def describe(how: str, top_k: int = TOP_K) -> str:
+def describe(how: str = "topk", top_k: int = TOP_K) -> str:
     return {"topk": f"mean of the top {top_k} slices", "max": "max over slices", "mean": "mean over slices"}[how]
 
 

@@ -326,7 +326,7 @@ def test_best(config: TrainConfig, data: RunData, out: Path, device: str = "auto
         "val_mean_auc": float(best["val_mean_auc"]),
         "sites": per_site,
         "tail_auc": tail_auc(out / "tail_predictions.csv"),
-        "aggregate": describe("topk"),  # how slices become a scan's or a patient's P(COVID) in the next two
+        "aggregate": describe(),  # level_metrics' default: how slices become a scan's or a patient's P(COVID) in the next two
         **{f"{level}s": by_site for level, by_site in level_metrics(rows).items()},
     }
     write_predictions(out / "predictions.csv", rows)
