@@ -108,6 +108,26 @@ def test_restart_with_other_settings_is_refused(tmp_path):
         run_sweep(TrainConfig(**{**TINY, "epochs": 3}), TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False)
 
 
+def test_a_restart_that_adds_seeds_or_rows_extends_the_sweep_and_one_that_drops_jobs_is_refused(tmp_path):
+    from crosssite.sweep import check_settings, seeds_per_row, sweep_settings
+
+    one_row = sweep_settings(TrainConfig(**TINY), TWO_ROWS[:1], seeds=1)
+    check_settings(tmp_path, one_row, "crosssite sweep A")
+    grown = sweep_settings(TrainConfig(**TINY), TWO_ROWS, seeds=2, row_seeds={"contrastive": 1})
+    check_settings(tmp_path, grown, "crosssite sweep B")
+    check_settings(tmp_path, grown, "crosssite sweep B again")  # the same plan: nothing to record
+    saved = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    assert seeds_per_row(saved) == {"joint-redesign": 2, "contrastive": 1}
+    assert saved["started_by"]["command"] == "crosssite sweep A"
+    assert [e["command"] for e in saved["extended_by"]] == ["crosssite sweep B"] and saved["extended_by"][0]["commit"]
+
+    with pytest.raises(CrossSiteError, match="rows, seeds, row_seeds"):  # would leave finished jobs out
+        check_settings(tmp_path, one_row, "crosssite sweep C")
+    more_epochs = sweep_settings(TrainConfig(**{**TINY, "epochs": 3}), TWO_ROWS, seeds=3)
+    with pytest.raises(CrossSiteError, match="config.epochs"):  # more seeds, but of other jobs
+        check_settings(tmp_path, more_epochs, "crosssite sweep D")
+
+
 def test_a_setting_added_after_the_sweep_started_is_taken_at_its_default(tmp_path):
     run_sweep(TrainConfig(**TINY), TWO_ROWS[:1], seeds=1, out=tmp_path, progress=False)
     saved = yaml.safe_load((tmp_path / "sweep.yaml").read_text())

@@ -28,7 +28,7 @@ from .io import atomic_write_csv, atomic_write_text
 from .scans import describe, level_metrics
 from .stats import BOOTSTRAP_REPLICATES, bootstrap_auc, paired_difference, percentile_interval
 from .paper import COMPARED_METRIC, COMPARISONS, FIG3_PANELS, OURS, ROW_BY_NAME, TABLE1_METRICS, Row, planned_names
-from .sweep import PROVENANCE, job_name, read_results, read_sweep_settings
+from .sweep import EXTENSIONS, PROVENANCE, job_name, read_results, read_sweep_settings
 
 GRADCAM_EXAMPLES = 4  # correctly and wrongly classified test images per site in Figs. 4/5
 
@@ -460,7 +460,9 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
         f"(cosine), temperature {config['temperature']}, alpha {config['alpha']}.",
         "",
         f"Produced by `{started.get('command', '(not recorded)')}` (sweep started at commit "
-        f"`{started.get('commit', 'unknown')}`; finished jobs ran at commit(s) {', '.join(f'`{c}`' for c in commits)}), "
+        f"`{started.get('commit', 'unknown')}`"
+        + "".join(f"; extended by `{e.get('command')}` at commit `{e.get('commit')}`" for e in res.settings.get(EXTENSIONS, []))
+        + f"; finished jobs ran at commit(s) {', '.join(f'`{c}`' for c in commits)}), "
         f"then `crosssite report` on this folder. Nothing below is typed by hand.",
         "",
     ]

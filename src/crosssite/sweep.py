@@ -2,7 +2,8 @@
 
 Sweep folder (`out`):
   sweep.yaml      the sweep's settings (rows, folds, seeds, rows run at fewer seeds, base config); a restart
-                  must match them. Also the command and code commit that started it (not compared).
+                  must match them or only add seeds or rows. Also the command and code commit that started
+                  it and each that extended it (not compared).
   results.jsonl   one JSON line per job that ended: settings, status ("ok" or "failed"), error,
                   wall time, code commit and per-site test metrics; `crosssite report` reads it
   jobs/NAME/      one `crosssite train` run folder per job, NAME = ROW-foldF-seedS
@@ -169,26 +170,50 @@ def _as_written_today(saved: dict, keys) -> dict:
     return {**saved, "row_seeds": saved.get("row_seeds", {}), "config": {**added, **config}}
 
 
-#: sweep.yaml's record of how the sweep was started: written once, never compared
+#: sweep.yaml's record of how the sweep was started, and of each restart that added jobs: never compared
 PROVENANCE = "started_by"
+EXTENSIONS = "extended_by"
+
+
+def seeds_per_row(settings: dict) -> dict[str, int]:
+    """How many seeds each row of a sweep.yaml's settings runs at."""
+    return {row: settings["row_seeds"].get(row, settings["seeds"]) for row in settings["rows"]}
+
+
+def _extends(saved: dict, settings: dict) -> bool:
+    """Whether `settings` plan every job of `saved` and more, with the same per-job settings: a finished
+    sweep can gain seeds or rows without training anything it holds again."""
+    before, after = seeds_per_row(saved), seeds_per_row(settings)
+    return (saved["config"] == settings["config"] and saved["folds"] == settings["folds"]
+            and all(after.get(row, 0) >= n for row, n in before.items()))
 
 
 def check_settings(out: Path, settings: dict, command: str | None = None) -> None:
-    """Write sweep.yaml, or check that a restarted sweep uses the settings it was started with."""
+    """Write sweep.yaml, or check that a restarted sweep uses the settings it was started with. A restart
+    that only adds seeds or rows extends the sweep: sweep.yaml then records the larger plan and the
+    command that extended it."""
     path = out / "sweep.yaml"
-    if path.exists():
-        saved = _as_written_today(read_sweep_settings(path), settings["config"])
-        saved.pop(PROVENANCE, None)
-        if saved != settings:
-            changed = [k for k in settings if k != "config" and saved.get(k) != settings[k]]
-            changed += [f"config.{k}" for k, v in settings["config"].items() if saved.get("config", {}).get(k) != v]
-            raise CrossSiteError(
-                f"{path}: this sweep was started with other settings ({', '.join(changed)}); "
-                "use the same flags or another --out"
-            )
-    else:
-        provenance = {"command": command or "(not recorded: started from Python)", "commit": code_commit()}
+    provenance = {"command": command or "(not recorded: started from Python)", "commit": code_commit()}
+    if not path.exists():
         atomic_write_text(path, yaml.safe_dump({**settings, PROVENANCE: provenance}, sort_keys=False))
+        return
+    written = read_sweep_settings(path)
+    saved = _as_written_today(written, settings["config"])
+    history = {k: written[k] for k in (PROVENANCE, EXTENSIONS) if k in written}
+    for key in history:
+        saved.pop(key)
+    if saved == settings:
+        return
+    if _extends(saved, settings):
+        history[EXTENSIONS] = [*history.get(EXTENSIONS, []), provenance]
+        atomic_write_text(path, yaml.safe_dump({**settings, **history}, sort_keys=False))
+        return
+    changed = [k for k in settings if k != "config" and saved.get(k) != settings[k]]
+    changed += [f"config.{k}" for k, v in settings["config"].items() if saved.get("config", {}).get(k) != v]
+    raise CrossSiteError(
+        f"{path}: this sweep was started with other settings ({', '.join(changed)}); "
+        "use the same flags (or add seeds or rows), or another --out"
+    )
 
 
 def read_sweep_settings(path: Path) -> dict:
