@@ -74,7 +74,7 @@ def test_table1_is_the_mean_and_std_of_the_jobs_in_percent(reported):
             assert best["best"] == "True"
 
 
-def test_t_tests_match_scipy_on_the_per_job_aucs(reported):
+def test_paired_differences_match_scipy_and_average_the_seeds_of_each_fold(reported):
     write_report(reported)
     lines = read_jsonl(reported / "results.jsonl")
     auc = {(r["row"], r["fold"], r["seed"], s): r["sites"][s]["auc"] for r in lines for s in SITES}
@@ -84,12 +84,14 @@ def test_t_tests_match_scipy_on_the_per_job_aucs(reported):
         keys = [(f, s) for f in (0, 1) for s in (0, 1)]
         ours = [auc["contrastive", f, s, t["site"]] for f, s in keys]
         theirs = [auc["joint-redesign", f, s, t["site"]] for f, s in keys]
-        expected = ttest_rel(ours, theirs)
-        assert t["metric"] == "auc" and int(t["n_pairs"]) == 4
-        assert float(t["p"]) == pytest.approx(expected.pvalue, rel=1e-12)
-        assert float(t["t"]) == pytest.approx(expected.statistic, rel=1e-12)
-        mean = 100 * np.mean(np.subtract(ours, theirs))
-        assert float(t["mean_diff"]) == pytest.approx(mean) and float(t["ci_low"]) < mean < float(t["ci_high"])
+        expected = ttest_rel(ours, theirs)  # the paper's test, every job pair independent
+        assert t["metric"] == "auc" and int(t["n_pairs"]) == 4 and int(t["n_folds"]) == 2
+        assert float(t["p_ttest_rel"]) == pytest.approx(expected.pvalue, rel=1e-12)
+        assert float(t["t_ttest_rel"]) == pytest.approx(expected.statistic, rel=1e-12)
+        fold_means = 100 * np.subtract(ours, theirs).reshape(2, 2).mean(axis=1)  # seeds of a fold averaged
+        se = np.sqrt((1 / 2 + 1 / 1) * np.var(fold_means, ddof=1))  # 2 folds: test and training halves equal
+        assert float(t["mean_diff"]) == pytest.approx(fold_means.mean())
+        assert float(t["ci_high"]) - float(t["mean_diff"]) == pytest.approx(12.7062047 * se, rel=1e-6)  # t(0.975, 1 df)
     assert read_csv(reported / "tables" / "table3.csv") == []  # no comparison methods in this sweep
 
 

@@ -2,11 +2,13 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score
 
 from crosssite.stats import (
     bootstrap_auc,
     bootstrap_weights,
+    cv_paired_difference,
     group_ids,
     paired_difference,
     percentile_interval,
@@ -68,3 +70,32 @@ def test_paired_difference_interval_and_too_few_pairs():
     single = paired_difference([0.9], [0.8])
     assert single["n_pairs"] == 1 and math.isnan(single["ci_low"]) and math.isnan(single["p"])
     assert all(math.isnan(v) for v in percentile_interval(np.full(5, 0.5)))  # too few replicates
+
+
+def test_cv_paired_difference_with_one_pair_per_fold_and_no_correction_is_the_paired_t_test():
+    a, b = [0.9, 0.8, 0.85, 0.95], [0.8, 0.75, 0.8, 0.85]
+    result = cv_paired_difference(np.subtract(a, b), folds=[0, 1, 2, 3], test_train_ratio=0)
+    expected = ttest_rel(a, b)
+    interval = expected.confidence_interval()
+    assert result["n_folds"] == 4 and result["mean_diff"] == pytest.approx(0.075)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((interval.low, interval.high))
+    assert result["p"] == pytest.approx(expected.pvalue) and result["t"] == pytest.approx(expected.statistic)
+
+
+def test_cv_paired_difference_averages_seeds_of_a_fold_and_corrects_for_overlapping_training_sets():
+    diffs, folds = [1.0, 3.0, 2.0, 5.0], [0, 1, 2, 3]
+    plain = cv_paired_difference(diffs, folds, test_train_ratio=0)
+    # three seeds per fold with the same differences: no more evidence about the folds, no narrower interval
+    repeated = cv_paired_difference(diffs * 3, folds * 3, test_train_ratio=0)
+    assert repeated["n_folds"] == 4 and (repeated["ci_low"], repeated["ci_high"]) == pytest.approx(
+        (plain["ci_low"], plain["ci_high"]))
+    # Nadeau & Bengio: the variance of the mean grows from s^2/k to (1/k + n_test/n_train) s^2
+    corrected = cv_paired_difference(diffs, folds, test_train_ratio=1 / 3)
+    widening = math.sqrt((1 / 4 + 1 / 3) / (1 / 4))
+    assert corrected["ci_high"] - corrected["mean_diff"] == pytest.approx(widening * (plain["ci_high"] - plain["mean_diff"]))
+    assert corrected["p"] > plain["p"]
+    # seeds averaged within their fold: a fold's mean is what counts, however many seeds it has
+    unbalanced = cv_paired_difference([1.0, 3.0, 2.0, 4.0, 6.0], [0, 1, 2, 3, 3], test_train_ratio=0)
+    assert unbalanced["mean_diff"] == pytest.approx(plain["mean_diff"])
+    one_fold = cv_paired_difference([1.0, 2.0, 3.0], [0, 0, 0], test_train_ratio=1 / 3)
+    assert one_fold["n_folds"] == 1 and one_fold["mean_diff"] == 2.0 and math.isnan(one_fold["ci_low"])

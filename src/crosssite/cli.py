@@ -76,9 +76,9 @@ def add_site_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_aggregate_flags(parser: argparse.ArgumentParser) -> None:
     """How a scan's (or patient's) P(COVID) follows from its slices' (crosssite.scans)."""
-    from .scans import AGGREGATES, TOP_K
+    from .scans import AGGREGATE, AGGREGATES, TOP_K
 
-    parser.add_argument("--aggregate", choices=AGGREGATES, default="topk",
+    parser.add_argument("--aggregate", choices=AGGREGATES, default=AGGREGATE,
                         help="scan / patient P(COVID): mean of the top-k slices (default), max or mean")
     parser.add_argument("--top-k", type=int, default=TOP_K, help="k of --aggregate topk (default %(default)s)")
 

@@ -18,7 +18,7 @@ from .data.sites import Site, load_sites, parse_site_arg
 from .data.splits import load_splits, make_splits
 from .inference import predict_proba
 from .metrics import site_metrics
-from .scans import TOP_K, describe, level_metrics
+from .scans import AGGREGATE, TOP_K, describe, level_metrics
 
 
 @dataclass
@@ -69,7 +69,7 @@ def evaluate_part(method, data: RunData, part: str, batch_size: int,
 def evaluate_checkpoint(checkpoint: str, part: str = "test", data: str | None = None, sites: list[str] | None = None,
                         split_file: str | None = None, fold: int | None = None, as_site: str | None = None,
                         batch_size: int = EVAL_BATCH_SIZE, compile: bool = False, device: str = "auto",
-                        how: str = "topk", top_k: int = TOP_K) -> dict:
+                        how: str = AGGREGATE, top_k: int = TOP_K) -> dict:
     """Metrics of a checkpoint on a part of a split: per site, and per scan and patient where they exist.
 
     Defaults come from the checkpoint: its data folder and sites, the split.json beside it (else the

@@ -23,7 +23,7 @@ from .data.transforms import to_tensor
 from .errors import CrossSiteError
 from .export import is_torchscript_export, load_export, p_covid, scan_settings
 from .predict import AUTO, decode_inputs, result_rows, symmetric_kl
-from .scans import TOP_K
+from .scans import AGGREGATE, TOP_K
 
 #: per backend: the files it runs, how to tell them, the export --format that makes them
 KINDS = {
@@ -69,7 +69,7 @@ def _input_settings(metadata: dict) -> tuple[int, tuple[float, float], str]:
 
 
 def predict_with_exports(model: Path, site: str, images: list[Path], batch_size: int = EVAL_BATCH_SIZE,
-                         how: str = "topk", top_k: int = TOP_K, backend: str = "onnxruntime") -> list[dict]:
+                         how: str = AGGREGATE, top_k: int = TOP_K, backend: str = "onnxruntime") -> list[dict]:
     """The rows of crosssite.predict.predict_images, from exports run by `backend`."""
     model = Path(model)
     loaded = {}

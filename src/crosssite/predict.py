@@ -27,7 +27,7 @@ from .errors import CrossSiteError, DataError
 from .export import is_torchscript_export
 from .inference import predict_proba
 from .metrics import label_name
-from .scans import TOP_K, aggregate, describe
+from .scans import AGGREGATE, TOP_K, aggregate, describe
 
 AUTO = "auto"
 #: backends that run `crosssite export` files instead of a checkpoint
@@ -106,7 +106,7 @@ def decode_inputs(images: list[Path], image_size: int, window, slices: str):
     return inputs, DecodedCache(image_size, window).eval_batch(flat)
 
 
-def result_rows(inputs, probs, how: str = "topk", top_k: int = TOP_K, extra: dict | None = None) -> list[dict]:
+def result_rows(inputs, probs, how: str = AGGREGATE, top_k: int = TOP_K, extra: dict | None = None) -> list[dict]:
     """The rows predict_images returns, from the inputs and one P(COVID) per image / slice in their order."""
     probs = iter(np.asarray(probs, dtype=np.float64).tolist())
     rows = []
@@ -121,7 +121,7 @@ def result_rows(inputs, probs, how: str = "topk", top_k: int = TOP_K, extra: dic
 
 
 def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = EVAL_BATCH_SIZE,
-                   compile: bool = False, device: str = "auto", how: str = "topk", top_k: int = TOP_K,
+                   compile: bool = False, device: str = "auto", how: str = AGGREGATE, top_k: int = TOP_K,
                    backend: str = "torch") -> list[dict]:
     """One dict per image or scan: path, P(COVID) and predicted label (P(COVID) >= 0.5).
 

@@ -26,7 +26,7 @@ from .errors import CrossSiteError
 from .metrics import is_covid
 from .io import atomic_write_csv, atomic_write_text
 from .scans import describe, level_metrics
-from .stats import BOOTSTRAP_REPLICATES, bootstrap_auc, paired_difference, percentile_interval
+from .stats import BOOTSTRAP_REPLICATES, bootstrap_auc, cv_paired_difference, paired_difference, percentile_interval
 from .paper import COMPARED_METRIC, COMPARISONS, FIG3_PANELS, OURS, ROW_BY_NAME, TABLE1_METRICS, Row, planned_names
 from .sweep import EXTENSIONS, PROVENANCE, job_name, read_results, read_sweep_settings
 
@@ -237,8 +237,11 @@ def patient_level(res: SweepResults) -> list[dict]:
 
 def paired_tests(res: SweepResults, comparisons: list[tuple[str, str]], aucs: dict[str, dict]) -> list[dict]:
     """Row a vs row b for each (a, b), per site and epoch choice: the mean paired difference a - b of test
-    AUC over jobs paired by (fold, seed), in points, with its 95 % t-interval and SciPy's ttest_rel."""
+    AUC over jobs paired by (fold, seed), in points, with the 95 % interval and p of
+    `stats.cv_paired_difference` (seeds of a fold averaged, folds' overlap corrected for) and, as in the
+    paper, SciPy's ttest_rel over the job pairs (`t_ttest_rel`, `p_ttest_rel`)."""
     in_sweep = {r.name for r in res.rows}
+    test_train_ratio = 1 / max(res.settings["folds"] - 1, 1)  # one test fold against the k - 1 others
     tests = []
     for a, b in comparisons:
         if a not in in_sweep or b not in in_sweep:
@@ -247,22 +250,26 @@ def paired_tests(res: SweepResults, comparisons: list[tuple[str, str]], aucs: di
         jobs_b = {(j["fold"], j["seed"]): aucs[j["job"]] for j in res.ok(b)}
         for site in res.sites:
             for choice in ("best_val", "last_k"):
-                pairs = [(jobs_a[k].get((site, choice)), jobs_b[k].get((site, choice)))
-                         for k in sorted(jobs_a.keys() & jobs_b.keys())]
-                pairs = [(100 * x[0], 100 * y[0]) for x, y in pairs
+                pairs = [(fold, jobs_a[fold, seed].get((site, choice)), jobs_b[fold, seed].get((site, choice)))
+                         for fold, seed in sorted(jobs_a.keys() & jobs_b.keys())]
+                pairs = [(fold, 100 * x[0], 100 * y[0]) for fold, x, y in pairs
                          if x and y and not (math.isnan(x[0]) or math.isnan(y[0]))]
+                ours, theirs = [x for _, x, _ in pairs], [y for _, _, y in pairs]
+                naive = paired_difference(ours, theirs)
                 tests.append({
                     "comparison": f"{ROW_BY_NAME[a].display} vs {ROW_BY_NAME[b].display}",
-                    "row": b, "site": site, "metric": COMPARED_METRIC, "epoch": choice,
-                    **paired_difference([x for x, _ in pairs], [y for _, y in pairs]),
+                    "row": b, "site": site, "metric": COMPARED_METRIC, "epoch": choice, "n_pairs": len(pairs),
+                    **cv_paired_difference(np.subtract(ours, theirs), [f for f, _, _ in pairs], test_train_ratio),
+                    "t_ttest_rel": naive["t"], "p_ttest_rel": naive["p"],
                 })
     return tests
 
 
 def _difference_cell(test: dict) -> str:
-    if test["n_pairs"] < 2:
+    if test["n_folds"] < 2:
         return f"n/a ({test['n_pairs']})"
-    return f"{test['mean_diff']:+.1f} [{test['ci_low']:+.1f}, {test['ci_high']:+.1f}], p {test['p']:.2g} ({test['n_pairs']})"
+    return (f"{test['mean_diff']:+.1f} [{test['ci_low']:+.1f}, {test['ci_high']:+.1f}], p {test['p']:.2g} "
+            f"({test['n_folds']} folds, {test['n_pairs']} pairs; ttest_rel p {test['p_ttest_rel']:.2g})")
 
 
 def _tests_grid(res: SweepResults, tests: list[dict]) -> list[list[str]]:
@@ -282,15 +289,16 @@ def verdicts(tests: list[dict]) -> list[str]:
     lines = []
     for t in tests:
         where = f"{t['comparison']}, {t['site']}, {EPOCH_CHOICES[t['epoch']]}"
-        if t["n_pairs"] < 2:
-            lines.append(f"- {where}: not tested ({t['n_pairs']} pair(s)).")
+        jobs = f"{t['n_folds']} folds, {t['n_pairs']} job pairs"
+        if t["n_folds"] < 2:
+            lines.append(f"- {where}: not tested ({jobs}).")
         elif t["ci_low"] > 0 or t["ci_high"] < 0:
             side = "higher" if t["mean_diff"] > 0 else "lower"
             lines.append(f"- {where}: **resolved**, {side} by {abs(t['mean_diff']):.1f} AUC points "
-                         f"(95 % CI [{t['ci_low']:+.1f}, {t['ci_high']:+.1f}], {t['n_pairs']} pairs).")
+                         f"(95 % CI [{t['ci_low']:+.1f}, {t['ci_high']:+.1f}], {jobs}).")
         else:
             lines.append(f"- {where}: not resolved ({t['mean_diff']:+.1f} points, 95 % CI "
-                         f"[{t['ci_low']:+.1f}, {t['ci_high']:+.1f}] includes 0, {t['n_pairs']} pairs).")
+                         f"[{t['ci_low']:+.1f}, {t['ci_high']:+.1f}] includes 0, {jobs}).")
     return lines
 
 
@@ -499,7 +507,7 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
     by_patient = patient_level(res)
     atomic_write_csv(tables / "patient_level.csv", by_patient)
     md += ["## Patient-level test AUC", "",
-           f"Where a site has patient ids, each test patient's P(COVID) is the {describe('topk')} of their "
+           f"Where a site has patient ids, each test patient's P(COVID) is the {describe()} of their "
            "images (`crosssite.scans`), and the AUC is taken over patients: mean ± std over jobs (n jobs; "
            "patients per test fold in brackets). n/a: fewer than 2 jobs.", ""]
     if by_patient:
@@ -514,16 +522,20 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
     for number, stem, comparisons, title in COMPARISONS:
         tests = paired_tests(res, comparisons, aucs)
         said += verdicts(tests)
-        tested += sum(t["n_pairs"] > 1 for t in tests)
+        tested += sum(t["n_folds"] > 1 for t in tests)
         atomic_write_csv(tables / f"{stem}.csv", tests)
         grid = _tests_grid(res, tests)
         caption = f"Paired differences of test {COMPARED_METRIC.upper()}, {title}"
         atomic_write_text(tables / f"{stem}.tex", _latex(_tests_header(res), grid, caption))
         md += [f"## Table {number}: {caption}", "",
                f"Mean paired difference (first row minus second) of per-job test {COMPARED_METRIC.upper()} in "
-               "points, jobs paired by (fold, seed), [95 % t-interval], p of SciPy `ttest_rel`, (n pairs); "
-               "n/a where fewer than 2 pairs exist. Pairs that share a fold share a test set, so the "
-               "interval treats seeds of one fold as independent: read it as optimistic.", "",
+               "points, jobs paired by (fold, seed), [95 % interval], p (folds, job pairs; p of SciPy "
+               "`ttest_rel` over the job pairs, the paper's test). The interval and the first p allow "
+               "for how the jobs depend on each other: the pairs of a fold share its test set, so they are "
+               "averaged first, and the folds share most of their training data, so the variance of the mean "
+               "over folds is corrected as by Nadeau & Bengio (2003), with folds - 1 degrees of freedom. "
+               "`ttest_rel` treats every job pair as independent and is optimistic. n/a where fewer than 2 "
+               "folds have pairs.", "",
                _markdown(_tests_header(res), grid) if grid else "No comparison rows in this sweep.\n"]
     md += ["## Which differences are resolved", "",
            f"A difference is resolved when its 95 % interval above excludes 0. Of the {tested} differences "

@@ -20,10 +20,12 @@ from .errors import CrossSiteError
 from .metrics import site_metrics
 
 AGGREGATES = ("topk", "max", "mean")
+#: the default aggregation and its k (why: the module docstring)
+AGGREGATE = "topk"
 TOP_K = 5
 
 
-def aggregate(probs, how: str = "topk", top_k: int = TOP_K) -> float:
+def aggregate(probs, how: str = AGGREGATE, top_k: int = TOP_K) -> float:
     """One P(COVID) from the slices' P(COVID): mean of the top_k largest (all if fewer), max or mean."""
     probs = np.sort(np.asarray(probs, dtype=np.float64))
     if probs.size == 0:
@@ -39,7 +41,7 @@ def aggregate(probs, how: str = "topk", top_k: int = TOP_K) -> float:
     raise CrossSiteError(f"unknown aggregate {how!r}; choose one of {', '.join(AGGREGATES)}")
 
 
-def describe(how: str = "topk", top_k: int = TOP_K) -> str:
+def describe(how: str = AGGREGATE, top_k: int = TOP_K) -> str:
     return {"topk": f"mean of the top {top_k} slices", "max": "max over slices", "mean": "mean over slices"}[how]
 
 
@@ -50,7 +52,7 @@ def _key(row: dict, level: str) -> str | None:
     return row.get("patient") or (f"scan:{scan}" if scan else f"image:{row['path']}")
 
 
-def grouped(rows: list[dict], level: str, how: str = "topk", top_k: int = TOP_K) -> dict[str, list[dict]]:
+def grouped(rows: list[dict], level: str, how: str = AGGREGATE, top_k: int = TOP_K) -> dict[str, list[dict]]:
     """Per site, one row per scan ('scan') or patient ('patient'): key, label, p_covid, slices.
 
     A group's label is COVID if any of its rows is (a scan has one label; a patient may have several).
@@ -69,7 +71,7 @@ def grouped(rows: list[dict], level: str, how: str = "topk", top_k: int = TOP_K)
     }
 
 
-def level_metrics(rows: list[dict], how: str = "topk", top_k: int = TOP_K) -> dict[str, dict[str, dict]]:
+def level_metrics(rows: list[dict], how: str = AGGREGATE, top_k: int = TOP_K) -> dict[str, dict[str, dict]]:
     """{"scan": {site: metrics}, "patient": {site: metrics}} (crosssite.metrics.site_metrics, n = groups).
 
     A site appears at scan level if it has scans, at patient level if any of its rows names a patient.

@@ -9,11 +9,16 @@ neighbouring slices are near-duplicates; the report says so.
 Resampling groups with replacement is the same as giving each group a multinomial count; the AUC of
 a replicate is then the weighted Mann-Whitney statistic over the images, which needs one sort per
 job instead of one per replicate.
+
+Paired differences between two methods come from cross-validation jobs, which are not independent
+either: seeds of one fold share its test set, and any two folds share most of their training data.
+`cv_paired_difference` allows for both; `paired_difference` (the paper's paired t-test) for neither.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,3 +97,28 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     interval = test.confidence_interval(confidence)
     return {"n_pairs": n, "mean_diff": float(diffs.mean()), "ci_low": float(interval.low),
             "ci_high": float(interval.high), "t": float(test.statistic), "p": float(test.pvalue)}
+
+
+def cv_paired_difference(
+    diffs: Sequence[float], folds: Sequence[int], test_train_ratio: float, confidence: float = CONFIDENCE,
+) -> dict:
+    """Mean of paired differences of cross-validation jobs (`folds[i]`: the fold of `diffs[i]`) with a
+    t-interval that allows for their dependence: the seeds of a fold are averaged first (they share its
+    test set), and the variance of the mean of k fold means is Nadeau & Bengio's corrected
+    (1/k + n_test/n_train) s^2 (Machine Learning 52:239, 2003) with k - 1 degrees of freedom, since the
+    folds' training sets overlap. NaN where fewer than 2 folds have pairs."""
+    by_fold = defaultdict(list)
+    for fold, diff in zip(folds, diffs, strict=True):
+        by_fold[fold].append(diff)
+    means = np.array([np.mean(v) for _, v in sorted(by_fold.items())], dtype=float)
+    k = len(means)
+    result = {"n_folds": k, "mean_diff": float(means.mean()) if k else math.nan,
+              "ci_low": math.nan, "ci_high": math.nan, "t": math.nan, "p": math.nan}
+    if k < 2:
+        return result
+    se = math.sqrt((1 / k + test_train_ratio) * means.var(ddof=1))
+    half = scipy_stats.t.ppf((1 + confidence) / 2, k - 1) * se
+    mean = result["mean_diff"]
+    t = mean / se if se > 0 else (math.nan if mean == 0 else math.copysign(math.inf, mean))
+    return {**result, "ci_low": mean - half, "ci_high": mean + half, "t": t,
+            "p": float(2 * scipy_stats.t.sf(abs(t), k - 1))}
