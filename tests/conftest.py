@@ -119,6 +119,9 @@ def site_minibatches(seed: int = 0, n: int = 4, size: int = 64, shift: float = 1
              torch.tensor([0, 1] * (n // 2))) if site in sites else None for site in range(2)]
 
 
+#: toy training settings on the shipped sample (a run takes seconds), as TrainConfig fields and as CLI flags;
+#: tests add epochs, folds and the like. Import them: `from conftest import TINY_SETTINGS, TINY_TRAIN_FLAGS`.
+TINY_SETTINGS = dict(data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3)
 TINY_TRAIN_FLAGS = ["--image-size", "32", "--width", "0.125", "--batch-per-site", "8", "--lr", "1e-3", "--quiet"]
 
 

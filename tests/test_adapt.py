@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_TRAIN_FLAGS
+
 from crosssite.adapt import estimate_bn_statistics
 from crosssite.checkpoint import load_checkpoint, load_trained, save_checkpoint
 from crosssite.cli import SAMPLE_DATA, main
 from crosssite.data.images import DecodedCache
 from crosssite.models.site_bn import SiteBatchNorm
 
-TINY = ["--image-size", "32", "--width", "0.125", "--batch-per-site", "8", "--lr", "1e-3", "--quiet"]
 
 
 def train(out, method, epochs=3):
-    assert main(["train", "--method", method, "--data", str(SAMPLE_DATA), "--epochs", str(epochs), *TINY,
+    assert main(["train", "--method", method, "--data", str(SAMPLE_DATA), "--epochs", str(epochs), *TINY_TRAIN_FLAGS,
                  "--out", str(out)]) == 0
     return out / "best.pt"
 

@@ -6,17 +6,18 @@ import json
 import pytest
 import yaml
 
+from conftest import TINY_TRAIN_FLAGS
+
 from crosssite.cli import SAMPLE_DATA, main
 from crosssite.config import TrainConfig
 
-TINY_FLAGS = ["--image-size", "32", "--width", "0.125", "--batch-per-site", "8", "--lr", "1e-3", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "c0"
     args = ["train", "--method", "contrastive", "--data", str(SAMPLE_DATA), "--fold", "1", "--epochs", "2"]
-    assert main(args + TINY_FLAGS + ["--out", str(out)]) == 0
+    assert main(args + TINY_TRAIN_FLAGS + ["--out", str(out)]) == 0
     return out
 
 
@@ -120,7 +121,7 @@ def test_invalid_image_size(tmp_path, capsys):
 
 
 def test_unknown_or_missing_device_is_a_clear_error(tmp_path, capsys):
-    args = ["train", "--data", str(SAMPLE_DATA), *TINY_FLAGS, "--epochs", "1", "--out", str(tmp_path / "o")]
+    args = ["train", "--data", str(SAMPLE_DATA), *TINY_TRAIN_FLAGS, "--epochs", "1", "--out", str(tmp_path / "o")]
     err = error_of(capsys, args + ["--device", "tpu:7"])
     assert "device" in err
     import torch
@@ -139,7 +140,7 @@ def test_os_errors_are_one_line_and_leave_files_alone(run, tmp_path, capsys):
     err = error_of(capsys, ["adapt", str(run / "best.pt"), "--site", f"c={SAMPLE_DATA / 'covid-ct' / 'CT_COVID'}",
                             "--out", str(a_file / "new.pt")])
     assert str(a_file) in err
-    err = error_of(capsys, ["train", "--data", str(SAMPLE_DATA), *TINY_FLAGS, "--out", str(a_file)])
+    err = error_of(capsys, ["train", "--data", str(SAMPLE_DATA), *TINY_TRAIN_FLAGS, "--out", str(a_file)])
     assert "names a file" in err
     assert a_file.read_text() == "mine"
 
@@ -147,7 +148,7 @@ def test_os_errors_are_one_line_and_leave_files_alone(run, tmp_path, capsys):
 def test_empty_out_is_refused_and_the_current_folder_untouched(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.yaml").write_text("someone else's\n")
-    assert "out must name a run folder" in error_of(capsys, ["train", "--data", str(SAMPLE_DATA), *TINY_FLAGS, "--out", ""])
+    assert "out must name a run folder" in error_of(capsys, ["train", "--data", str(SAMPLE_DATA), *TINY_TRAIN_FLAGS, "--out", ""])
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
     assert (tmp_path / "config.yaml").read_text() == "someone else's\n"
     with pytest.raises(SystemExit) as e:
@@ -213,7 +214,7 @@ def test_gpu_flags_map_onto_the_config(tmp_path):
 
 
 def test_bf16_on_a_cpu_and_bad_gpu_settings_are_clear_errors(tmp_path, capsys):
-    args = ["train", "--data", str(SAMPLE_DATA), *TINY_FLAGS, "--epochs", "1", "--device", "cpu"]
+    args = ["train", "--data", str(SAMPLE_DATA), *TINY_TRAIN_FLAGS, "--epochs", "1", "--device", "cpu"]
     assert "bf16 needs a CUDA GPU" in error_of(capsys, args + ["--precision", "bf16", "--out", str(tmp_path / "a")])
     assert not (tmp_path / "a").exists()  # refused before anything was written
     assert "precision" in error_of(capsys, args + ["--precision", "fp8", "--out", str(tmp_path / "b")])

@@ -9,16 +9,17 @@ import pytest
 from PIL import Image
 from scipy.stats import ttest_rel
 
+from conftest import TINY_SETTINGS
+
 from crosssite import cli
 from crosssite.config import TrainConfig
-from crosssite.data.sites import SAMPLE_DATA
 from crosssite.report import write_report
 from crosssite.io import read_jsonl
 from crosssite.paper import COMPARISONS, ROW_BY_NAME
 from crosssite.sweep import run_sweep
 
 SITES = ["sars-cov-2-ct", "covid-ct"]
-TINY = dict(data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3, epochs=1, folds=2)
+TINY = {**TINY_SETTINGS, "epochs": 1, "folds": 2}
 
 
 @pytest.fixture(scope="module")

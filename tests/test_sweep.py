@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import TINY_SETTINGS
+
 from crosssite import cli
 from crosssite import train as train_module
 from crosssite.config import EXECUTION_SETTINGS, TrainConfig
@@ -16,7 +18,7 @@ from crosssite.io import read_jsonl
 from crosssite.paper import ROW_BY_NAME, ROWS, Row, select_rows
 from crosssite.sweep import read_results, run_sweep
 
-TINY = dict(data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3, epochs=1, folds=2)
+TINY = {**TINY_SETTINGS, "epochs": 1, "folds": 2}
 TWO_ROWS = [ROW_BY_NAME["joint-redesign"], ROW_BY_NAME["contrastive"]]
 JOBS = [f"{row}-fold{fold}-seed0" for row in ("joint-redesign", "contrastive") for fold in (0, 1)]
 
@@ -171,9 +173,7 @@ def test_cli_sweep_flags_override_the_preset(tmp_path, capsys):
 
 def test_parallel_workers_run_every_job_once_in_its_own_folder(tmp_path):
     """--jobs 2: two worker processes; every job ends once, in its own folder, one results line each."""
-    config = TrainConfig(
-        data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3, epochs=1, folds=2
-    )
+    config = TrainConfig(**TINY)
     # two devices and no --jobs: one worker per device
     records = run_sweep(config, select_rows(["joint-redesign,sepnorm"]), 1, tmp_path, progress=False,
                         devices=["cpu", "cpu"])

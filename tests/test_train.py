@@ -8,13 +8,15 @@ import pytest
 import torch
 import yaml
 
+from conftest import TINY_SETTINGS
+
 from crosssite import train as train_module
 from crosssite.cli import SAMPLE_DATA, main
 from crosssite.config import TrainConfig
 from crosssite.errors import CrossSiteError, DivergedError
 from crosssite.io import read_jsonl
 
-TINY = dict(data=str(SAMPLE_DATA), image_size=32, width=0.125, batch_per_site=8, lr=1e-3, epochs=2)
+TINY = {**TINY_SETTINGS, "epochs": 2}
 
 
 def tiny_config(tmp_path, name="run", **overrides):
