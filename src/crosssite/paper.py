@@ -60,7 +60,7 @@ ROW_GROUPS = {"table1": TABLE1_ROWS, "ablations": ABLATION_ROWS, "grouped": GROU
 OURS = "contrastive"
 #: Table I's columns: every metric of crosssite.metrics but specificity
 TABLE1_METRICS = ("accuracy", "f1", "recall", "precision", "auc")
-#: the metric whose paired differences Tables II, III, A, B and C report
+#: the metric whose paired differences Tables II, III and A-D report
 COMPARED_METRIC = "auc"
 #: Table II: the paper's method against the baselines; Table III: against the comparison methods
 TABLE2 = ("single-redesign", "joint-redesign", "sepnorm")
@@ -75,6 +75,8 @@ COMPARISONS = (
      "ablations of the contrastive method vs SepNorm, the same networks without the contrastive loss"),
     ("C", "redesign", (("single-redesign", "single-covidnet"), ("joint-redesign", "joint-covidnet")),
      "the redesigned COVID-Net vs the original, trained as Single and as Joint"),
+    ("D", "site_batch_norm", (("sepnorm", "joint-redesign"),),
+     "site-specific batch norm alone: SepNorm vs Joint, both redesigned"),
 )
 #: Fig. 3's panels: (title, rows)
 FIG3_PANELS = (
