@@ -112,13 +112,11 @@ def cv_paired_difference(
         by_fold[fold].append(diff)
     means = np.array([np.mean(v) for _, v in sorted(by_fold.items())], dtype=float)
     k = len(means)
-    result = {"n_folds": k, "mean_diff": float(means.mean()) if k else math.nan,
-              "ci_low": math.nan, "ci_high": math.nan, "t": math.nan, "p": math.nan}
+    mean = float(means.mean()) if k else math.nan
     if k < 2:
-        return result
+        return {"n_folds": k, "mean_diff": mean, "ci_low": math.nan, "ci_high": math.nan, "t": math.nan, "p": math.nan}
     se = math.sqrt((1 / k + test_train_ratio) * means.var(ddof=1))
     half = scipy_stats.t.ppf((1 + confidence) / 2, k - 1) * se
-    mean = result["mean_diff"]
     t = mean / se if se > 0 else (math.nan if mean == 0 else math.copysign(math.inf, mean))
-    return {**result, "ci_low": mean - half, "ci_high": mean + half, "t": t,
+    return {"n_folds": k, "mean_diff": mean, "ci_low": mean - half, "ci_high": mean + half, "t": t,
             "p": float(2 * scipy_stats.t.sf(abs(t), k - 1))}

@@ -193,9 +193,12 @@ def check_settings(out: Path, settings: dict, command: str | None = None) -> Non
     that only adds seeds or rows extends the sweep: sweep.yaml then records the larger plan and the
     command that extended it."""
     path = out / "sweep.yaml"
-    provenance = {"command": command or "(not recorded: started from Python)", "commit": code_commit()}
+
+    def provenance() -> dict:  # only when sweep.yaml is written: code_commit runs git
+        return {"command": command or "(not recorded: started from Python)", "commit": code_commit()}
+
     if not path.exists():
-        atomic_write_text(path, yaml.safe_dump({**settings, PROVENANCE: provenance}, sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump({**settings, PROVENANCE: provenance()}, sort_keys=False))
         return
     written = read_sweep_settings(path)
     saved = _as_written_today(written, settings["config"])
@@ -205,7 +208,7 @@ def check_settings(out: Path, settings: dict, command: str | None = None) -> Non
     if saved == settings:
         return
     if _extends(saved, settings):
-        history[EXTENSIONS] = [*history.get(EXTENSIONS, []), provenance]
+        history[EXTENSIONS] = [*history.get(EXTENSIONS, []), provenance()]
         atomic_write_text(path, yaml.safe_dump({**settings, **history}, sort_keys=False))
         return
     changed = [k for k in settings if k != "config" and saved.get(k) != settings[k]]
