@@ -165,6 +165,7 @@ def test_the_report_is_regenerated_byte_for_byte(reported):
     ("sweep.yaml", "rows: [joint-redesign\nfolds: 2\n", "sweep.yaml:2: not valid YAML"),
     ("sweep.yaml", "- joint-redesign\n", "not a crosssite sweep.yaml"),
     ("sweep.yaml", "rows: [joint-redesign]\nfolds: two\nseeds: 1\nconfig: {}\n", "no valid folds"),
+    ("sweep.yaml", "rows: [joint-redesign]\nfolds: 2\nseeds: 1\nconfig: {}\nextended_by: [yes]\n", "no valid extended_by"),
     ("results.jsonl", '{"job": "joint-redesign-fold0-seed0", "status": "ok"}\n', "record 1 is not a sweep result"),
     ("results.jsonl", "[1, 2]\n", "line 1 is not a JSON object"),
 ])

@@ -224,6 +224,12 @@ def read_sweep_settings(path: Path) -> dict:
     saved = read_yaml(path, "sweep.yaml")
     kinds = {"rows": list, "folds": int, "seeds": int, "config": dict}
     bad = [k for k, kind in kinds.items() if not isinstance(saved, dict) or not isinstance(saved.get(k), kind)]
+    if not bad:  # keys absent from older sweep.yaml files, checked where present
+        extensions = saved.get(EXTENSIONS, [])
+        if not isinstance(saved.get("row_seeds", {}), dict):
+            bad.append("row_seeds")
+        if not isinstance(extensions, list) or not all(isinstance(e, dict) for e in extensions):
+            bad.append(EXTENSIONS)
     if bad or not all(isinstance(r, str) for r in saved["rows"]):
         raise CrossSiteError(f"{path}: not a crosssite sweep.yaml (no valid {', '.join(bad) or 'rows'})")
     return saved
