@@ -104,8 +104,12 @@ def test_two_processes_take_the_same_steps_as_one(two_processes):
         for grads, state, stats in (ranks[0][name], ranks[1][name]):
             for k, g in single_grads.items():
                 torch.testing.assert_close(grads[k], g, rtol=1e-3, atol=1e-4 * largest, msg=f"{name}: grad {k}")
-            for got, want in zip(stats, single_stats, strict=True):
-                assert got == pytest.approx(want, rel=1e-3, abs=1e-4), name
+            # the first step starts from the same weights: its losses agree to float rounding; later
+            # steps start from weights that Adam has moved apart (see above), so their losses agree
+            # only as closely as the weights do
+            assert stats[0] == pytest.approx(single_stats[0], rel=1e-4, abs=1e-5), name
+            for got, want in zip(stats[1:], single_stats[1:], strict=True):
+                assert got == pytest.approx(want, rel=1e-2), name
             assert state.keys() == single_state.keys()
             apart = sum((state[k] - single_state[k]).abs().sum() for k in floats)
             assert apart < 1e-2 * moved, f"{name}: weights {apart / moved:.2%} of their change apart"

@@ -85,5 +85,7 @@ def test_training_step_in_channels_last_matches_the_plain_step():
     assert got == pytest.approx(want, rel=1e-5)
     largest = max(p.grad.abs().max() for p in plain.parameters())
     for (name, p), q in zip(plain.named_parameters(), ours.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5 * largest, msg=name)
+        # channels_last sums a conv's weight gradient over ~10^5 pixels in another order: float32
+        # rounding of that sum reaches ~2e-5 of the largest gradient on some CPUs (seen on AMD EPYC)
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4 * largest, msg=name)
     assert ours.net.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
