@@ -167,7 +167,7 @@ def test_batch_size_must_be_positive(run, capsys, command):
 def test_every_evaluation_batch_size_has_one_default():
     import inspect
 
-    from crosssite import adapt, evaluate, export, exported, inference, predict
+    from crosssite import adapt, evaluate, export, exported, inference, inputs, predict
     from crosssite.cli import build_parser
     from crosssite.config import EVAL_BATCH_SIZE
 
@@ -178,7 +178,7 @@ def test_every_evaluation_batch_size_has_one_default():
         assert build_parser().parse_args([command, "c.pt", *args]).batch_size == EVAL_BATCH_SIZE, command
     functions = (adapt.estimate_bn_statistics, adapt.adapt_checkpoint, evaluate.evaluate_checkpoint,
                  export.export_checkpoint, exported.predict_with_exports, inference.predict_proba,
-                 predict.bn_distances, predict.predict_images)
+                 inputs.bn_distances, predict.predict_images)
     for function in functions:
         assert inspect.signature(function).parameters["batch_size"].default == EVAL_BATCH_SIZE, function.__name__
 

@@ -19,6 +19,7 @@ from .config import load_config
 from .data.sites import COVID_CT, SARS_COV_2_CT, load_sites
 from .errors import CrossSiteError
 from .io import atomic_write_json, atomic_write_text, read_jsonl
+from .preprocessing import Preprocessing
 from .stats import BOOTSTRAP_REPLICATES, CONFIDENCE, bootstrap_auc, percentile_interval
 
 PAPER = ('Z. Wang, Q. Liu, Q. Dou, "Contrastive Cross-Site Learning With Redesigned Net for COVID-19 CT '
@@ -106,7 +107,7 @@ def card_facts(run: Path) -> dict:
         "paper": PAPER, "reference_code": REFERENCE_CODE, "intended_use": INTENDED_USE,
         "split": {"kind": config.split, "fold": config.fold, "folds": config.folds, "seed": config.seed,
                   "group_duplicates": config.group_duplicates},
-        "preprocessing": {"image_size": config.image_size, "window": getattr(config, "window", None)},
+        "preprocessing": Preprocessing.of(config).to_dict(),
         "training": {"epochs": len(log), "seconds": round(sum(r.get("seconds", 0) for r in log), 1),
                      "hardware": ", ".join(sorted(devices)) or "not recorded by the run"},
         "intervals": {"method": f"percentile bootstrap of AUC, {BOOTSTRAP_REPLICATES} replicates, "
@@ -139,8 +140,8 @@ def card_markdown(facts: dict) -> str:
                                      if s["kind"] == "fold" else " (COVID-CT's official lists)")
              + f", seed {s['seed']}" + (f", near-duplicates grouped at {s['group_duplicates']}"
                                         if s["group_duplicates"] else ""))
-    window = (f"; CT scans (DICOM, NIfTI, MetaImage) mapped from HU by the window width, level {p['window']} "
-              "(8-bit images are used as they are)" if p["window"] is not None else "")
+    window = (f"; CT scans (DICOM, NIfTI, MetaImage) mapped from HU by the window width, level {p['window']}, "
+              f"slices {p['slices']} (8-bit images are used as they are)")
     lines += ["", "## Split and preprocessing", "", f"{split}. Images resized to {p['image_size']} x "
               f"{p['image_size']} px (bilinear), gray scaled to [0, 1], replicated to 3 channels, ImageNet "
               f"mean/std normalised{window}.", "",

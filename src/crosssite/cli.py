@@ -279,11 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    from .predict import BACKENDS
+    from .export_formats import EXPORT_FORMATS
+    from .predict import TORCH, backends
 
+    exports_help = "; ".join(f"{f.backend}: {f.files} (--format {f.name})" for f in EXPORT_FORMATS.values())
     predict = sub.add_parser("predict", help="P(COVID) for new images or CT scans (series folders, volumes) of a known site")
     predict.add_argument("checkpoint", help="a checkpoint (torch backend), or an export or a folder of them, one per "
-                                            "site (onnxruntime: ONNX files; torchscript: TorchScript files)")
+                                            f"site ({exports_help})")
     predict.add_argument("--site", required=True,
                          help="which site's batch norms to use, or 'auto': the site whose statistics are closest")
     predict.add_argument("images", nargs="+", metavar="IMG_OR_SCAN")
@@ -292,17 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     predict.add_argument("--device", default="auto", help=DEVICE_HELP)
-    predict.add_argument("--backend", choices=BACKENDS, default="torch",
-                         help="torch (a checkpoint), or exports of `crosssite export` on the CPU: onnxruntime "
-                              "(--format onnx; extra [onnx]) or torchscript (--format torchscript)")
+    predict.add_argument("--backend", choices=backends(), default=TORCH,
+                         help=f"torch (a checkpoint), or exports of `crosssite export` on the CPU: {exports_help}")
     predict.set_defaults(func=cmd_predict)
 
-    from .export import FORMATS as EXPORT_FORMATS
-
-    export = sub.add_parser("export", help="one site's network as an ONNX or TorchScript file, checked against PyTorch")
+    export = sub.add_parser("export", help=f"one site's network as a file of an export format "
+                                           f"({', '.join(EXPORT_FORMATS)}), checked against PyTorch")
     export.add_argument("checkpoint")
     export.add_argument("--site", required=True, help="the site whose batch norms are folded into the file")
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
+    export.add_argument("--format", choices=list(EXPORT_FORMATS), default="onnx",
+                        help="; ".join(f"{f.name}: {f.files}, run by predict --backend {f.backend}"
+                                       for f in EXPORT_FORMATS.values()))
     export.add_argument("--out", required=True, help="file to write, e.g. covid-ct.onnx")
     export.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="batch size of the agreement check")
     export.set_defaults(func=cmd_export)

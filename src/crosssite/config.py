@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .data.volumes import parse_slices
+from .data.volumes import LUNG_WINDOW, parse_slices
 from .errors import CrossSiteError
 from .io import atomic_write_text, read_yaml
 from .models.contract import IMAGE_SIZE_STEP, image_size_problem
@@ -80,8 +80,8 @@ class TrainConfig:
     tail_epochs: int = setting(
         3, "test predictions of the last K epochs are kept (tail_predictions.csv) for the report; never for selection")
     # CT scans (DICOM/NIfTI/MetaImage): HU window [width, level] (lung window), and which slices to use
-    window: list[float] = setting(factory=lambda: [1500.0, -600.0], parse=parse_window,
-                                  help="CT scans: HU window WIDTH,LEVEL (default 1500,-600: lung)")
+    window: list[float] = setting(factory=lambda: list(LUNG_WINDOW), parse=parse_window,
+                                  help="CT scans: HU window WIDTH,LEVEL (default %g,%g: lung)" % LUNG_WINDOW)
     slices: str = setting("all", "CT scans: 'all' or START:STOP[:STEP] of each scan's slices, e.g. '::4' (every 4th)")
     out: str = setting("runs/default", "run folder")
     precision: str = setting("fp32", "fp32, or bf16 (autocast; CUDA GPUs only)")
