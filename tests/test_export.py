@@ -20,7 +20,7 @@ from crosssite.preprocessing import Preprocessing
 def _check_batch(run, site):
     paths, _ = export.check_images(run / "best.pt", site)
     trained = load_trained(run / "best.pt")
-    images = DecodedCache(trained.config.image_size).eval_batch(paths)
+    images = DecodedCache(trained.config.image_size, trained.config.window).eval_batch(paths)
     return images, predict_proba(trained.method, images, trained.site_index(site)), trained.method, trained.site_names
 
 

@@ -21,7 +21,7 @@ from .config import TrainConfig, load_config
 from .data.duplicates import DEFAULT_THRESHOLD, exact_pairs, fingerprints, similar_pairs
 from .data.sites import LABEL_NAMES, Site, load_sites
 from .data.splits import load_splits
-from .data.volumes import LUNG_WINDOW, scan_of
+from .data.volumes import scan_of
 from .errors import CrossSiteError
 from .io import atomic_write_csv
 
@@ -30,7 +30,7 @@ SHOWN = 12  # notable pairs listed per group in the terminal summary
 
 
 def find_pairs(sites: dict[str, Site], threshold: float = DEFAULT_THRESHOLD,
-               splits: dict[str, dict[str, list[int]]] | None = None, window=LUNG_WINDOW) -> list[dict]:
+               splits: dict[str, dict[str, list[int]]] | None = None, *, window) -> list[dict]:
     """Every exact or near-duplicate pair among all images (and CT slices, through `window`) of all sites,
     as dicts with FIELDS."""
     images = [(name, i, s) for name, site in sites.items() for i, s in enumerate(site.samples)]
@@ -120,7 +120,7 @@ def run_audit(data: str | None, site_args: list[str], split_run: str | None, out
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH (or --split RUN with its config.yaml)")
     sites = load_sites(Path(data) if data else None, site_args, settings.slices)
     splits = load_splits(split_file, sites) if split_file else None
-    pairs = find_pairs(sites, threshold, splits, settings.window)
+    pairs = find_pairs(sites, threshold, splits, window=settings.window)
     atomic_write_csv(Path(out) / "pairs.csv", pairs, list(FIELDS))
     return summary(pairs, sites, threshold, str(split_file) if split_file else None) + \
         f"\nall pairs: {Path(out) / 'pairs.csv'}"

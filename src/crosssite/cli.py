@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from . import distributed
-from .config import EVAL_BATCH_SIZE, TrainConfig, load_config
+from .config import EVAL_BATCH_SIZE, TrainConfig, load_config, setting_type
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError, print_warning
@@ -60,14 +60,13 @@ def add_setting_flag(parser: argparse.ArgumentParser, name: str) -> None:
     meta = SETTINGS[name].metadata
     flag = meta.get("flag", "--" + name.replace("_", "-"))
     help_text = f"{meta['help']}: {registry_help(name)}" if name in ("method", "backbone") else meta["help"]
-    kind = SETTINGS[name].type
+    kind = setting_type(name)
     if "action" in meta:
         parser.add_argument(flag, dest=name, action=meta["action"], metavar=meta.get("metavar"), help=help_text)
-    elif kind == "bool":
+    elif kind is bool:
         parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
     else:
-        parse = meta.get("parse") or {"int": int, "float": float, "float | None": float}.get(kind, str)
-        parser.add_argument(flag, dest=name, type=parse, default=None, help=help_text)
+        parser.add_argument(flag, dest=name, type=meta.get("parse") or kind, default=None, help=help_text)
 
 
 def add_site_flag(parser: argparse.ArgumentParser) -> None:
