@@ -16,7 +16,7 @@ PACKAGE = Path(crosssite.__file__).parent
 #: the package and all its modules. Modules of a layer marked independent import none of each other.
 LAYERS = [
     ("ground", ["crosssite", "errors", "ranks", "stats", "losses", "opcount", "capture"], False),
-    ("files", ["io"], False),
+    ("files", ["io", "run_folder"], False),
     ("data", ["data."], False),
     ("models", ["models.", "runtime"], False),
     ("settings", ["config", "presets", "paper", "preprocessing", "metrics", "scans"], False),

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from . import run_folder
 from .config import TrainConfig, load_config
 from .data.duplicates import DEFAULT_THRESHOLD, exact_pairs, fingerprints, similar_pairs
 from .data.sites import LABEL_NAMES, Site, load_sites
@@ -109,9 +110,9 @@ def run_audit(data: str | None, site_args: list[str], split_run: str | None, out
         raise CrossSiteError(f"--threshold must be in (0, 1], got {threshold}")
     split_file, settings = None, TrainConfig()
     if split_run is not None:
-        split_file = Path(split_run) / "split.json" if Path(split_run).is_dir() else Path(split_run)
-        if (split_file.parent / "config.yaml").is_file():
-            settings = load_config(split_file.parent / "config.yaml")
+        split_file = Path(split_run) / run_folder.SPLIT if Path(split_run).is_dir() else Path(split_run)
+        if (split_file.parent / run_folder.CONFIG).is_file():
+            settings = load_config(split_file.parent / run_folder.CONFIG)
             if data is None and not site_args:
                 data, site_args = settings.data, settings.sites
     settings = settings.replace(**{k: v for k, v in (("window", window), ("slices", slices)) if v is not None})

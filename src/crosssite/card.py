@@ -8,13 +8,12 @@ patient ids are known (a `patient` column of predictions.csv, else the site read
 
 from __future__ import annotations
 
-import csv
-import json
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
+from . import run_folder
 from .config import load_config
 from .data.sites import COVID_CT, SARS_COV_2_CT, load_sites
 from .errors import CrossSiteError
@@ -45,12 +44,11 @@ DATASETS = {
                         "images are figures taken from papers (some with coloured annotations), not scanner output"],
     },
 }
-FILES = ("config.yaml", "split.json", "metrics.json", "predictions.csv", "train_log.jsonl")
+FILES = (run_folder.CONFIG, run_folder.SPLIT, run_folder.METRICS, run_folder.PREDICTIONS, run_folder.TRAIN_LOG)
 
 
 def _read_predictions(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = run_folder.read_predictions(path)
     if not rows or not {"site", "path", "label", "p_covid"} <= set(rows[0]):
         raise CrossSiteError(f"{path}: expected columns site, path, label, p_covid")
     return rows
@@ -77,11 +75,11 @@ def card_facts(run: Path) -> dict:
     missing = [name for name in FILES if not (run / name).is_file()]
     if missing:
         raise CrossSiteError(f"{run}: not a finished run folder (missing {', '.join(missing)})")
-    config = load_config(run / "config.yaml")
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    split = json.loads((run / "split.json").read_text(encoding="utf-8"))["sites"]
-    log = read_jsonl(run / "train_log.jsonl")
-    rows = _read_predictions(run / "predictions.csv")
+    config = load_config(run / run_folder.CONFIG)
+    metrics = run_folder.read_metrics(run)
+    split = run_folder.read_split_paths(run)
+    log = read_jsonl(run / run_folder.TRAIN_LOG)
+    rows = _read_predictions(run / run_folder.PREDICTIONS)
     patients, patient_source = _patients(config, rows)
     sites = {}
     for name, site_metrics in metrics["sites"].items():
@@ -102,7 +100,7 @@ def card_facts(run: Path) -> dict:
     devices = {r["device"] for r in log if "device" in r}
     return {
         "model": {"method": config.method, "backbone": config.backbone, "width": config.width,
-                  "checkpoint": str(run / "best.pt"), "best_epoch": metrics.get("best_epoch"),
+                  "checkpoint": str(run / run_folder.BEST), "best_epoch": metrics.get("best_epoch"),
                   "val_mean_auc": metrics.get("val_mean_auc")},
         "paper": PAPER, "reference_code": REFERENCE_CODE, "intended_use": INTENDED_USE,
         "split": {"kind": config.split, "fold": config.fold, "folds": config.folds, "seed": config.seed,

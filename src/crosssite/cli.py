@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import distributed
+from . import distributed, run_folder
 from .config import EVAL_BATCH_SIZE, TrainConfig, load_config, setting_type
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
@@ -106,7 +106,7 @@ def cmd_train(args) -> None:
     config = config_from_args(args)
     if config.data is None and not config.sites:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH (or run `crosssite demo`)")
-    finished = args.resume and (Path(config.out) / "metrics.json").exists()
+    finished = args.resume and (Path(config.out) / run_folder.METRICS).exists()
     with distributed.launched():  # under torchrun: one of several processes (crosssite.distributed)
         metrics = train(config, resume=args.resume, progress=not args.quiet, device=args.device)
         if not distributed.is_main():
@@ -123,7 +123,7 @@ def cmd_demo(args) -> None:
     config = get_preset("demo").config.replace(epochs=args.epochs, out=args.out)
     print(f"demo: contrastive cross-site training on the shipped sample ({SAMPLE_DATA}),")
     print(f"      {config.epochs} epochs at {config.image_size} px, width {config.width}; run folder {config.out}")
-    metrics = train(config, resume=(Path(config.out) / "config.yaml").exists(), progress=not args.quiet)
+    metrics = train(config, resume=(Path(config.out) / run_folder.CONFIG).exists(), progress=not args.quiet)
     print(f"test metrics of {Path(config.out) / 'best.pt'} (epoch {metrics['best_epoch']}):")
     print(format_metrics(metrics["sites"]))
     print("These are a few dozen images at toy settings; see README.md for real runs on the full datasets.")

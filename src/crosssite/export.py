@@ -25,13 +25,13 @@ TOLERANCE on any image, or which changes any label, is refused and never written
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import run_folder
 from .checkpoint import load_trained
 from .config import EVAL_BATCH_SIZE
 from .data.sampling import eval_batches
@@ -161,11 +161,10 @@ def export_network(method, site: int) -> tuple[ExportNetwork, list[dict]]:
 def check_images(checkpoint: Path, site: str) -> tuple[list[Path], str]:
     """The images an export is checked on: the run's test images of `site` (split.json beside the
     checkpoint), else the shipped sample's images of that site, else the whole shipped sample."""
-    split_file = Path(checkpoint).parent / "split.json"
+    split_file = Path(checkpoint).parent / run_folder.SPLIT
     try:
-        stored = json.loads(split_file.read_text(encoding="utf-8"))["sites"][site]["test"]
-        paths = [Path(p) for p in stored if Path(p).is_file()]
-    except (OSError, ValueError, KeyError, TypeError):
+        paths = [Path(p) for p in run_folder.read_split_paths(split_file)[site]["test"] if Path(p).is_file()]
+    except (CrossSiteError, KeyError, TypeError):
         paths = []
     if paths:
         return paths, f"the run's test images of {site} ({split_file})"
