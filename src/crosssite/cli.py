@@ -23,7 +23,7 @@ from .runtime import ensure_malloc_tuning
 DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
 COMPILE_HELP = (
     "torch.compile the network first (~15 s at 224 px on 2 CPU cores; pays only for thousands of images, "
-    "see README Speed)"
+    "see docs/speed.md)"
 )
 
 
