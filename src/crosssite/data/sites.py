@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosssite.data.volumes import find_scans, is_scan_path, scan_of, scan_slices
+from crosssite.data.volumes import find_scans, formats, is_scan_path, scan_of, scan_slices
 from crosssite.errors import CrossSiteError, DataError
 
 COVID, NON_COVID = 1, 0
@@ -274,7 +274,7 @@ def _read_generic_csv(path: Path, name: str, slices: str) -> Site:
             raise DataError(f"{path}:{line}: {image} not found")
         if not is_image(image) and not is_scan_path(image):
             raise DataError(f"{path}:{line}: {rel} is neither an image ({' '.join(sorted(IMAGE_EXTENSIONS))}) nor a "
-                            "CT scan (series folder, DICOMDIR, .dcm, .nii, .nii.gz, .mha, .mhd)")
+                            f"CT scan: {formats()}")
         first_line, first_label = listed.setdefault(image.resolve(), (line, label))
         if first_line != line:  # a copy in train and one in test would leak
             labels = "" if first_label == label else f" with label {LABEL_NAMES[first_label]}, here {LABEL_NAMES[label]}"
