@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 
 from crosssite.data import readers, volumes
-from crosssite.data.readers import ScanReader, Volume, register
+from crosssite.data.readers import Header, ScanReader, Volume, register
 from crosssite.errors import DataError
 
+TOY_AXES = np.diag([1.0, 1.0, -1.0])  # LPS directions of the stored x, y, z
 HU = np.random.default_rng(5).integers(-1024, 400, (4, 32, 32)).astype(np.int16)  # (slices, rows, columns)
 
 
 def _read_toy(scan: str) -> Volume:
     """A .toy file: a .npy array stored x, y, z (columns, rows, slices) with z pointing to the feet."""
-    return Volume(np.load(scan).astype(np.float32), np.array([[1, 0, 0], [0, 1, 0], [0, 0, -1]], float))
+    return Volume(np.load(scan).astype(np.float32), TOY_AXES)
 
 
 def _write_toy(path, hu):
@@ -24,7 +25,7 @@ def _write_toy(path, hu):
 
 @pytest.fixture
 def toy_format():
-    reader = register(ScanReader("Toy volume", lambda scan: (np.load(scan, mmap_mode="r").shape[2], None),
+    reader = register(ScanReader("Toy volume", lambda scan: Header(np.load(scan, mmap_mode="r").shape, TOY_AXES),
                                  _read_toy, suffixes=(".toy",)))
     yield reader
     del readers.READERS[reader.name]

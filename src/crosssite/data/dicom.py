@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosssite.data.readers import SERIES_MARK, ScanReader, Volume, member_reader, note, register
+from crosssite.data.readers import SERIES_MARK, Header, ScanReader, Volume, member_reader, note, register
 from crosssite.errors import DataError
 
 EXTRA_HINT = "pip install 'crosssite[dicom]'"
@@ -281,13 +281,15 @@ def read_series(files: list[Path], where: Path) -> Volume:
     return Volume(np.stack([hounsfield(ds, Path(ds.filename)) for ds in datasets]), _axes(datasets[0]), "CT")
 
 
-def series_header(files: list[Path], where: Path) -> tuple[int, str | None]:
-    """Number of slices and PatientID (None when empty), from the headers only: checked, not decoded."""
+def series_header(files: list[Path], where: Path) -> Header:
+    """Shape, directions and PatientID (None when empty), from the headers only: checked, not decoded."""
     datasets = sorted_series(files, where)
-    return len(datasets), str(datasets[0].get("PatientID", "") or "").strip() or None
+    first = datasets[0]
+    return Header((len(datasets), int(first.Rows), int(first.Columns)), _axes(first),
+                  str(first.get("PatientID", "") or "").strip() or None)
 
 
-def _header(scan: str) -> tuple[int, str | None]:
+def _header(scan: str) -> Header:
     return series_header(*series_files(scan))
 
 
@@ -303,9 +305,10 @@ DICOMDIR_READER = register(ScanReader("DICOMDIR", _header, _read, file_names=("D
 
 
 def write_series(folder: Path, hu: np.ndarray, patient_id: str, slope: float = 1.0, intercept: float = -1024.0,
-                 spacing: float = 2.5, seed: int = 0) -> list[Path]:
+                 spacing: float = 2.5, seed: int = 0, orientation=(1, 0, 0, 0, 1, 0)) -> list[Path]:
     """Write (slices, rows, columns) HU as a CT series of single-frame files (stored = (HU - intercept) / slope,
-    uint16), named in a shuffled order so that readers must sort by position. For demos and tests."""
+    uint16), slice i at i x spacing along the normal of `orientation` (ImageOrientationPatient), named in a
+    shuffled order so that readers must sort by position. For demos and tests."""
     pydicom = pydicom_module(folder)
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -317,6 +320,7 @@ def write_series(folder: Path, hu: np.ndarray, patient_id: str, slope: float = 1
     folder.mkdir(parents=True, exist_ok=True)
     study, series = generate_uid(), generate_uid()
     names = np.random.default_rng(seed).permutation(len(stored))
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
     written = []
     for i, (plane, name) in enumerate(zip(stored.astype(np.uint16), names)):
         meta = FileMetaDataset()
@@ -328,8 +332,8 @@ def write_series(folder: Path, hu: np.ndarray, patient_id: str, slope: float = 1
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.PatientID, ds.PatientName = "CT", patient_id, patient_id
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, i + 1
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [0.0, 0.0, round(i * spacing, 3)]
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
+        ds.ImagePositionPatient = [round(float(v), 3) for v in i * spacing * normal]
         ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], spacing
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "HU"
         ds.Rows, ds.Columns = plane.shape

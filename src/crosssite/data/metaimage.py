@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosssite.data.orientation import closest_axes
-from crosssite.data.readers import ScanReader, Volume, register
+from crosssite.data.readers import Header, ScanReader, Volume, register
 from crosssite.errors import DataError
 
 _ELEMENT_TYPES = {
@@ -135,19 +134,10 @@ def _axes(fields: dict[str, str], path: Path) -> np.ndarray | None:
     return axes[:, ::-1]  # array axes are z, y, x
 
 
-def header(scan: str) -> tuple[int, None]:
-    """Slices along the patient's feet-head axis, from the header only."""
+def header(scan: str) -> Header:
     path = Path(scan)
     fields, _ = read_header(path)
-    shape = shape_of(fields, path)
-    axes = _axes(fields, path)
-    if axes is None:
-        return shape[0], None
-    try:
-        slice_axis = next(a for a, (p, _) in enumerate(closest_axes(axes)) if p == 2)
-    except ValueError:
-        raise DataError(f"{path}: MetaImage direction matrix is degenerate; cannot tell its axes") from None
-    return shape[slice_axis], None
+    return Header(shape_of(fields, path), _axes(fields, path))
 
 
 READER = register(ScanReader("MetaImage volume", header, lambda scan: read_metaimage(Path(scan)),

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosssite.data.orientation import closest_axes
-from crosssite.data.readers import ScanReader, Volume, register
+from crosssite.data.readers import Header, ScanReader, Volume, register
 from crosssite.errors import DataError
 
 EXTRA_HINT = "pip install 'crosssite[dicom]'"
@@ -54,14 +53,9 @@ def _axes(image) -> np.ndarray:
     return RAS_TO_LPS @ np.asarray(image.affine, dtype=np.float64)[:3, :3]
 
 
-def header(scan: str) -> tuple[int, None]:
+def header(scan: str) -> Header:
     image, shape = _load(Path(scan))
-    shape3 = tuple(shape) + (1,) * (3 - len(shape))
-    try:
-        slice_axis = next(a for a, (p, _) in enumerate(closest_axes(_axes(image))) if p == 2)
-    except ValueError:
-        raise DataError(f"{scan}: NIfTI affine is degenerate; cannot tell its axes") from None
-    return int(shape3[slice_axis]), None
+    return Header(tuple(shape) + (1,) * (3 - len(shape)), _axes(image))
 
 
 def read(scan: str) -> Volume:

@@ -41,23 +41,35 @@ def closest_axes(axes: np.ndarray) -> list[tuple[int, float]]:
     return chosen  # type: ignore[return-value]
 
 
-def to_standard(values: np.ndarray, axes, where) -> np.ndarray:
-    """`values` (3 array axes whose LPS directions are the columns of `axes`; None: already standard)
-    turned and flipped to the contract (STANDARD)."""
-    if values.ndim != 3:
-        raise DataError(f"{where}: expected a 3D volume or a 2D slice, got {values.ndim} dimensions")
+def _plan(shape: tuple[int, ...], axes, where) -> tuple[list[int], tuple[int, ...]] | None:
+    """(transpose order, axes to flip afterwards) that bring an array of `shape` to the contract."""
+    if len(shape) != 3:
+        raise DataError(f"{where}: expected a 3D volume or a 2D slice, got {len(shape)} dimensions")
     if axes is None:
-        return values
+        return None
     try:
         patient = closest_axes(np.asarray(axes, dtype=np.float64).reshape(3, 3))
     except ValueError:
         raise DataError(f"{where}: its orientation (direction cosines) is degenerate; cannot tell its axes") from None
-    slice_axis = next(a for a, (p, _) in enumerate(patient) if p == STANDARD[0][0])
-    if 1 in values.shape and values.shape[slice_axis] != 1:
-        normal = patient[values.shape.index(1)][0]
-        raise DataError(f"{where}: one {PLANES[normal]} slice; crosssite reads axial slices "
-                        "(a coronal or sagittal scan needs its whole volume)")
     order = [next(a for a, (p, _) in enumerate(patient) if p == want) for want, _ in STANDARD]
+    if 1 in shape and shape[order[0]] != 1:
+        raise DataError(f"{where}: one {PLANES[patient[shape.index(1)][0]]} slice; crosssite reads axial slices "
+                        "(a coronal or sagittal scan needs its whole volume)")
+    return order, tuple(k for k, a in enumerate(order) if patient[a][1] != STANDARD[k][1])
+
+
+def standard_shape(shape: tuple[int, ...], axes, where) -> tuple[int, int, int]:
+    """(slices, rows, columns) that an array of `shape` with these axes has in the contract."""
+    plan = _plan(tuple(shape), axes, where)
+    return tuple(shape) if plan is None else tuple(shape[a] for a in plan[0])  # type: ignore[return-value]
+
+
+def to_standard(values: np.ndarray, axes, where) -> np.ndarray:
+    """`values` (3 array axes whose LPS directions are the columns of `axes`; None: already standard)
+    turned and flipped to the contract (STANDARD)."""
+    plan = _plan(values.shape, axes, where)
+    if plan is None:
+        return values
+    order, flips = plan
     out = values.transpose(order)
-    flips = tuple(k for k, a in enumerate(order) if patient[a][1] != STANDARD[k][1])
     return np.ascontiguousarray(np.flip(out, flips) if flips else out)

@@ -33,15 +33,24 @@ class Volume:
     modality: str | None = None
 
 
+@dataclass
+class Header:
+    """What a scan's headers say: the stored array's shape (3 axes; a 2D image has a last axis of 1),
+    where those axes point (as Volume.axes) and the patient id (None where the format has none)."""
+
+    shape: tuple[int, int, int]
+    axes: np.ndarray | None = None
+    patient: str | None = None
+
+
 @dataclass(frozen=True)
 class ScanReader:
-    """One scan format. `header(scan)` -> (slices, patient id or None) from headers only (slices counted
-    along the patient's feet-head axis); `read(scan)` -> Volume. `expand(path)`, for a file that lists
+    """One scan format. `header(scan)` -> Header, from headers only; `read(scan)` -> Volume. `expand(path)`, for a file that lists
     several scans (DICOMDIR), gives their names and the skipped ones' reasons; `problem(scan)`, from the
     headers, says why a scan found in a folder is no CT image scan (None: it is one)."""
 
     name: str                                  # in user messages: "NIfTI volume"
-    header: Callable[[str], tuple[int, str | None]]
+    header: Callable[[str], Header]
     read: Callable[[str], Volume]
     suffixes: tuple[str, ...] = ()             # lower-case file endings it reads on their own
     file_names: tuple[str, ...] = ()           # exact file names it reads (DICOMDIR)

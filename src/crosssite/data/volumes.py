@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from crosssite.data import dicom, metaimage, nifti  # noqa: F401  (each registers its readers)
-from crosssite.data.orientation import to_standard
+from crosssite.data.orientation import standard_shape, to_standard
 from crosssite.data.readers import (SERIES_MARK, ScanReader, file_reader, folder_reader, formats, member_reader,
                                     note, reader_for)
 from crosssite.errors import CrossSiteError, DataError
@@ -104,7 +104,8 @@ def _scans_below(path: Path) -> tuple[list[str], list[str]]:
 def scan_header(scan: str) -> tuple[int, str | None]:
     """Number of slices (along the patient's feet-head axis) and patient id (DICOM PatientID; None for
     volumes), reading headers only."""
-    return _reader(scan).header(scan)
+    header = _reader(scan).header(scan)
+    return standard_shape(header.shape, header.axes, scan)[0], header.patient
 
 
 def _reader(scan: str) -> ScanReader:
