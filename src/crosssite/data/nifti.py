@@ -7,6 +7,7 @@ axes to RAS; `Volume.axes` gives them in LPS (x and y negated) for the orientati
 
 from __future__ import annotations
 
+import gzip
 import zlib
 from pathlib import Path
 
@@ -36,9 +37,9 @@ def _load(path: Path):
     nibabel = _nibabel(path)
     try:
         image = nibabel.load(path)
-    except (EOFError, zlib.error):
-        raise DataError(f"{path}: NIfTI file is truncated (its header ends early)") from None
     except Exception as exc:  # nibabel raises many kinds for a damaged or foreign file
+        if _truncated(path):
+            raise DataError(f"{path}: NIfTI file is truncated (it ends inside its header)") from None
         raise DataError(f"{path}: not a readable NIfTI file ({_first_line(exc)})") from None
     shape = image.shape
     if len(shape) == 4 and shape[3] == 1:
@@ -46,6 +47,23 @@ def _load(path: Path):
     if len(shape) not in (2, 3):
         raise DataError(f"{path}: NIfTI of shape {image.shape}; expected a 2D slice or a 3D volume")
     return image, shape
+
+
+def _truncated(path: Path, image=None) -> bool:
+    """A .nii.gz whose gzip stream ends early, or a .nii shorter than its header (and the data it says)."""
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path) as f:
+                while f.read(1 << 20):
+                    pass
+            return False
+        needed = 348 if image is None else (image.header.get_data_offset()
+                                            + int(np.prod(image.shape)) * image.get_data_dtype().itemsize)
+        return path.stat().st_size < needed
+    except (EOFError, gzip.BadGzipFile, zlib.error):
+        return True
+    except OSError:
+        return False
 
 
 def _axes(image) -> np.ndarray:
@@ -63,8 +81,9 @@ def read(scan: str) -> Volume:
     image, shape = _load(path)
     try:
         data = np.asarray(image.get_fdata(dtype=np.float32))
-    except (EOFError, zlib.error, ValueError) as exc:
-        raise DataError(f"{path}: NIfTI data is truncated or damaged ({_first_line(exc)})") from None
+    except (EOFError, zlib.error, OSError, ValueError) as exc:
+        what = "file is truncated" if _truncated(path, image) else "data is damaged"
+        raise DataError(f"{path}: NIfTI {what} ({_first_line(exc)})") from None
     return Volume(data.reshape(tuple(shape) + (1,) * (3 - len(shape))), _axes(image))
 
 

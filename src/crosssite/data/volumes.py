@@ -75,7 +75,7 @@ def find_scans(path: Path) -> list[str]:
     for line in skipped:
         note(line)
     if skipped and not scans:
-        raise DataError(f"{path}: no CT series in it ({len(skipped)} skipped: {skipped[0].split(': ', 1)[1]}"
+        raise DataError(f"{path}: no CT series in it ({len(skipped)} skipped: {skipped[0].split('skipped: ', 1)[-1]}"
                         + (", ..." if len(skipped) > 1 else "") + ")")
     return sorted(scans)
 
