@@ -50,3 +50,22 @@ def test_missing_detached_data(tmp_path, metaimage_writer):
     (tmp_path / "v.raw").unlink()
     with pytest.raises(DataError, match=r"v\.mhd: cannot read MetaImage data v\.raw"):
         read_metaimage(path)
+
+
+def _header(dims="7 5 3", element="MET_SHORT", extra=""):
+    return f"ObjectType = Image\nNDims = 3\n\nDimSize = {dims}\nElementType = {element}\n{extra}"
+
+
+@pytest.mark.parametrize("header_size", [16, -1])
+def test_header_size_skips_bytes_of_the_data_file(tmp_path, header_size):
+    (tmp_path / "v.raw").write_bytes(b"\xff" * 16 + VOLUME.astype("<i2").tobytes())
+    (tmp_path / "v.mhd").write_text(_header(extra=f"HeaderSize = {header_size}\nElementDataFile = v.raw\n"))
+    np.testing.assert_array_equal(read_metaimage(tmp_path / "v.mhd").values, VOLUME)
+
+
+@pytest.mark.parametrize("element, dtype", [("MET_LONG", "<i4"), ("MET_ULONG", "<u4"), ("MET_LONG_LONG", "<i8")])
+def test_element_sizes_follow_metaio(tmp_path, element, dtype):
+    values = np.abs(VOLUME) if dtype.startswith("<u") else VOLUME
+    path = tmp_path / "v.mha"  # the header has a blank line, as MetaIO allows
+    path.write_bytes(_header(element=element, extra="ElementDataFile = LOCAL\n").encode() + values.astype(dtype).tobytes())
+    np.testing.assert_array_equal(read_metaimage(path).values, values)
