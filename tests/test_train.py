@@ -217,6 +217,15 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(finished_run, caps
     assert snapshot(out) == before
 
 
+def test_resume_of_a_finished_run_notices_a_damaged_log_line(finished_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run.out, copy)
+    log = copy / "train_log.jsonl"
+    log.write_text('{"epoch": 0, "loss\n' + log.read_text())  # a damaged line before the intact one
+    assert main(["train", "--config", str(copy / "config.yaml"), "--out", str(copy), "--resume", "--quiet"]) == 2
+    assert capsys.readouterr().err == f"crosssite: error: {log}: line 1 is not valid JSON\n"
+
+
 def test_resume_without_config_yaml_is_refused(finished_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(finished_run.out, copy)

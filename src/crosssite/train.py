@@ -222,6 +222,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
     if resume:
         _check_same_settings(config, out / "config.yaml")
         if (done := finished_metrics(out)) is not None:
+            read_jsonl(out / "train_log.jsonl")  # a damaged line is noticed, not passed over
             return done  # a finished run: nothing to continue, nothing changes
 
     data = prepare_data(config, out, resume, progress)
