@@ -48,7 +48,7 @@ FILES = ("config.yaml", "split.json", "metrics.json", "predictions.csv", "train_
 
 
 def _read_predictions(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"site", "path", "label", "p_covid"} <= set(rows[0]):
         raise CrossSiteError(f"{path}: expected columns site, path, label, p_covid")

@@ -393,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         ensure_malloc_tuning()
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped, never crashes
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         if isinstance(getattr(args, "batch_size", None), str):
             args.batch_size = batch_size(args.batch_size)

@@ -138,7 +138,7 @@ EPOCH_CHOICES = {"best_val": "validation-chosen epoch", "final": "final epoch", 
 
 
 def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         return list(csv.DictReader(f))
 
 
@@ -371,7 +371,7 @@ def pooled_predictions(res: SweepResults, row: str) -> dict[str, tuple[np.ndarra
         path = res.folder / job["folder"] / "predictions.csv"
         if not path.is_file():
             raise CrossSiteError(f"{path}: missing, though results.jsonl records job {job['job']} as finished")
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             for r in csv.DictReader(f):
                 pooled[r["site"]][0].append(int(r["label"]))
                 pooled[r["site"]][1].append(float(r["p_covid"]))
@@ -412,7 +412,7 @@ def gradcam_figures(res: SweepResults, examples: int) -> tuple[dict[str, Figure]
     checkpoint = res.folder / job["folder"] / "best.pt"
     trained = load_trained(checkpoint)
     trained.method.double()  # float64: the figures do not depend on the thread count's summation order
-    with open(res.folder / job["folder"] / "predictions.csv", newline="") as f:
+    with open(res.folder / job["folder"] / "predictions.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = list(csv.DictReader(f))
     figures, unreadable = {}, []
     for site in res.sites:

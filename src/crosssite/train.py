@@ -136,7 +136,7 @@ def _write_tail_predictions(path: Path, epoch: int, rows: list[dict]) -> None:
     """Add this epoch's test predictions, replacing any of this or later epochs (a resumed epoch)."""
     kept = []
     if path.exists():
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
     write_predictions(path, kept + [{"epoch": epoch, **r} for r in rows])
 
@@ -340,7 +340,7 @@ def tail_auc(path: Path) -> dict[str, dict[str, float]]:
     if not path.exists():
         return {}
     by_site = {}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         for r in csv.DictReader(f):
             by_site.setdefault(r["site"], {}).setdefault(r["epoch"], ([], []))
             labels, probs = by_site[r["site"]][r["epoch"]]
