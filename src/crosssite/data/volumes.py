@@ -29,7 +29,6 @@ from crosssite.errors import CrossSiteError, DataError
 LUNG_WINDOW = (1500.0, -600.0)  # (width, level) in HU
 SLICE_MARK = "#slice="
 AIR_CHECK_HU = -500.0
-__all__ = ["SERIES_MARK", "ScanReader", "formats"]
 
 
 def is_volume_file(path: Path) -> bool:
