@@ -93,14 +93,9 @@ def test_real_dicomdir_skips_its_non_ct_series_with_a_note_each(capsys):
     dicomdir = get_testdata_file("DICOMDIR")  # a real CD export: CR, MR, a CT localizer and two CT series
     scans = volumes.find_scans(dicomdir)
     notes = capsys.readouterr().err.splitlines()
-    assert len(scans) == 2 and all("#series=" in s for s in scans)
-    assert len(notes) == 11 and sum("modality MR, not CT" in n for n in notes) == 7
+    assert len(scans) == 1 and "#series=" in scans[0]
+    assert len(notes) == 12 and sum("modality MR, not CT" in n for n in notes) == 7
     assert sum("modality CR, not CT" in n for n in notes) == 3 and sum("localizer (scout)" in n for n in notes) == 1
-    readable = []
-    for scan in scans:
-        try:
-            readable.append((scan, volumes.scan_header(scan)))
-        except DataError as e:  # a CT series with a gap is refused in one line
-            assert "\n" not in str(e) and "missing slice(s)" in str(e)
-    assert [header for _, header in readable] == [(5, "98890234")]
-    assert volumes.read_hu(readable[0][0]).shape == (5, 16, 16)
+    assert sum("skipped: missing slice(s): a gap of" in n for n in notes) == 1  # a CT series with a gap
+    assert volumes.scan_header(scans[0]) == (5, "98890234")
+    assert volumes.read_hu(scans[0]).shape == (5, 16, 16)

@@ -73,9 +73,9 @@ def _tags_of(ds) -> str:
     return " ".join(str(v).upper() for v in (ds.get("ImageType") or []))
 
 
-def series_problem(files: list[Path]) -> str | None:
-    """Why a series of these files is no CT image series crosssite reads (None: it is one), from the
-    header of its first DICOM file (stray files that are not DICOM are passed over)."""
+def series_problem(files: list[Path], where: Path) -> str | None:
+    """Why a series of these files is no CT image series crosssite reads (None: it is one): the first
+    DICOM file's header (stray files that are not DICOM are passed over), then the series' checks."""
     for path in sorted(files):
         try:
             ds = read_file(path, pixels=False)
@@ -88,8 +88,10 @@ def series_problem(files: list[Path]) -> str | None:
             return f"modality {modality}, not CT"
         if "LOCALIZER" in _tags_of(ds):
             return "a localizer (scout), ImageType " + "\\".join(ds.ImageType)
-        if "Rows" not in ds:
-            return f"no image in it ({path.name} has no Rows/Columns)"
+        try:
+            sorted_series(files, where)
+        except DataError as exc:  # a CT series with a gap, mixed sizes, a damaged file
+            return str(exc).removeprefix(f"{where}: ")
         return None
     return "no readable DICOM file"
 
@@ -116,7 +118,7 @@ def dicomdir_scans(dicomdir: Path) -> tuple[list[str], list[str]]:
     """The CT image series a DICOMDIR lists (as DICOMDIR#series=UID), and one note per skipped series."""
     scans, skipped = [], []
     for uid, files in sorted(dicomdir_series(dicomdir).items()):
-        problem = series_problem(files)
+        problem = series_problem(files, Path(f"{dicomdir}{SERIES_MARK}{uid}"))
         if problem is None:
             scans.append(f"{dicomdir}{SERIES_MARK}{uid}")
         else:
@@ -299,7 +301,7 @@ def _read(scan: str) -> Volume:
 
 READER = register(ScanReader("DICOM series", _header, _read, suffixes=(".dcm", ".dicom", ".ima"),
                              member_suffixes=("", ".dcm", ".dicom", ".ima"),
-                             problem=lambda scan: series_problem(series_files(scan)[0])))
+                             problem=lambda scan: series_problem(*series_files(scan))))
 DICOMDIR_READER = register(ScanReader("DICOMDIR", _header, _read, file_names=("DICOMDIR",),
                                       expand=dicomdir_scans))
 
