@@ -70,15 +70,16 @@ def test_12_bit_jpeg_extended_says_how_to_convert(tmp_path):
         volumes.read_hu(str(tmp_path / "j.dcm"))
 
 
-def test_enhanced_multi_frame_ct_names_multi_frame_not_rescale(tmp_path):
+def test_multi_frame_without_functional_groups_names_multi_frame_not_rescale(tmp_path):
     f = write_series(tmp_path / "s", HU[:2], "P1")[0]
     ds = pydicom.dcmread(f)
-    del ds.RescaleSlope, ds.RescaleIntercept  # an Enhanced CT keeps them in its functional groups
+    del ds.RescaleSlope, ds.RescaleIntercept
     ds.NumberOfFrames = 2
     ds.PixelData = ds.PixelData * 2
-    ds.save_as(tmp_path / "enhanced.dcm")
-    with pytest.raises(DataError, match=r"enhanced\.dcm: multi-frame \(Enhanced\) DICOM with 2 frames is not supported"):
-        volumes.scan_header(str(tmp_path / "enhanced.dcm"))
+    ds.save_as(tmp_path / "multi.dcm")
+    with pytest.raises(DataError, match=r"multi\.dcm: multi-frame DICOM with 2 frames but no per-frame functional "
+                                        r"groups is not supported"):
+        volumes.scan_header(str(tmp_path / "multi.dcm"))
 
 
 def test_study_folder_uses_its_ct_series_and_says_why_others_are_skipped(tmp_path, capsys):

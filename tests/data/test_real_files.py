@@ -44,10 +44,18 @@ def test_real_ct_files_in_exact_hu(name):
     np.testing.assert_array_equal(volumes.read_hu(path)[0], expected)
 
 
-def test_real_enhanced_ct_is_refused_as_multi_frame():
-    path = _local_testdata("eCT_Supplemental.dcm")  # Enhanced CT, 2 frames, rescale in functional groups
-    with pytest.raises(DataError, match=r"eCT_Supplemental\.dcm: multi-frame \(Enhanced\) DICOM with 2 frames"):
-        volumes.scan_header(path)
+def test_real_enhanced_ct_reads_its_frames_with_the_functional_groups_rescale():
+    path = _local_testdata("eCT_Supplemental.dcm")  # Enhanced CT, 2 frames, rescale in the shared groups
+    ds = pydicom.dcmread(path)
+    groups = ds.SharedFunctionalGroupsSequence[0]
+    rescale = groups.PixelValueTransformationSequence[0]
+    expected = ds.pixel_array * float(rescale.RescaleSlope) + float(rescale.RescaleIntercept)
+    z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in ds.PerFrameFunctionalGroupsSequence]
+    expected = expected[np.argsort(z)]  # feet to head
+    if groups.PlaneOrientationSequence[0].ImageOrientationPatient[0] < 0:  # columns run to the right: flip
+        expected = expected[:, :, ::-1]
+    assert volumes.scan_header(path) == (2, ds.PatientID or None)
+    np.testing.assert_array_equal(volumes.read_hu(path), expected)
 
 
 @pytest.mark.parametrize("name", ["anatomical.nii", "reoriented_anat_moved.nii", "resampled_anat_moved.nii",

@@ -11,6 +11,7 @@ modalities and unreadable series are skipped with one note each.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ COMPRESSED_HINT = "pip install 'crosssite[dicom-jpeg]' (python-gdcm)"
 CONVERT_HINT = ("convert the files to uncompressed DICOM first, e.g. `gdcmconv --raw IN OUT` (GDCM) or "
                 "`dcmdjpeg IN OUT` (DCMTK)")
 JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+RESCALE_GROUP, RESCALE_TAGS = "PixelValueTransformationSequence", ("RescaleSlope", "RescaleIntercept")
 GAP_TOLERANCE = 1.5  # a step this many times the median slice spacing means a slice is missing
 
 
@@ -65,7 +67,8 @@ def _pixels_cut(ds) -> bool:
     syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
     if syntax is None or syntax.is_compressed or "PixelData" not in ds:
         return False
-    expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8
+    expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+                * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) // 8)
     return len(ds.PixelData) < expected
 
 
@@ -126,27 +129,63 @@ def dicomdir_scans(dicomdir: Path) -> tuple[list[str], list[str]]:
     return scans, skipped
 
 
+@dataclass
+class Plane:
+    """One image plane of a series: a single-frame file, or frame `frame` of an Enhanced (multi-frame) CT
+    file, whose position, orientation and rescale sit in its per-frame or shared functional groups."""
+
+    path: Path
+    ds: object
+    frame: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame + 1}"
+
+    def attribute(self, group: str, keyword: str):
+        """The value of `keyword` (None when absent): top-level for a single frame, else from this frame's
+        functional group `group`, then the shared one."""
+        if self.frame is None:
+            return self.ds[keyword].value if keyword in self.ds else None
+        for groups in (self.ds.PerFrameFunctionalGroupsSequence[self.frame],
+                       (self.ds.get("SharedFunctionalGroupsSequence") or [None])[0]):
+            items = groups.get(group) if groups is not None else None
+            if items and keyword in items[0]:
+                return items[0][keyword].value
+        return None
+
+
+def _planes(path: Path, ds) -> list[Plane]:
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        return [Plane(path, ds)]
+    return [Plane(path, ds, i) for i in range(len(ds.PerFrameFunctionalGroupsSequence))]
+
+
 def _check_ct(ds, path: Path) -> None:
     modality = str(ds.get("Modality", "")).upper()
     if modality and modality != "CT":
         raise DataError(f"{path}: modality {modality}, not CT: its values are not Hounsfield units")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames != 1 or "PerFrameFunctionalGroupsSequence" in ds:
-        raise DataError(f"{path}: multi-frame (Enhanced) DICOM with {frames} frames is not supported; convert it "
-                        "to one file per slice (e.g. `emf2sf` from dcm4che) or to NIfTI (e.g. `dcm2niix`)")
+    if frames != 1 and "PerFrameFunctionalGroupsSequence" not in ds:
+        raise DataError(f"{path}: multi-frame DICOM with {frames} frames but no per-frame functional groups is "
+                        "not supported; convert it to one file per slice (e.g. `emf2sf` from dcm4che) or to "
+                        "NIfTI (e.g. `dcm2niix`)")
     if "Rows" not in ds or "Columns" not in ds:
         raise DataError(f"{path}: DICOM file without an image (no Rows/Columns)")
-    _rescale(ds, path)
+    for plane in _planes(path, ds):
+        _rescale(plane)
 
 
-def _rescale(ds, path: Path) -> tuple[float, float]:
+def _rescale(plane: Plane) -> tuple[float, float]:
     """RescaleSlope and RescaleIntercept as numbers; empty or non-numeric tags are refused, not NaN."""
-    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+    path = plane.path if plane.frame is None else f"{plane.path} (frame {plane.frame + 1})"
+    found = [plane.attribute(RESCALE_GROUP, tag) for tag in RESCALE_TAGS]
+    present = [tag in plane.ds for tag in RESCALE_TAGS] if plane.frame is None else [v is not None for v in found]
+    if not all(present):
         raise DataError(f"{path}: no RescaleSlope/RescaleIntercept, so the values are not calibrated in "
                         "Hounsfield units")
     values = []
-    for tag in ("RescaleSlope", "RescaleIntercept"):
-        raw = ds[tag].value
+    for raw, tag in zip(found, RESCALE_TAGS):
         try:
             value = float(raw)
         except (TypeError, ValueError):
@@ -208,8 +247,9 @@ def _looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def sorted_series(files: list[Path], where: Path, pixels: bool = False) -> list:
-    """The series' datasets in anatomical order, checked; one-line DataError naming the file otherwise."""
+def sorted_series(files: list[Path], where: Path, pixels: bool = False) -> list[Plane]:
+    """The series' image planes (files, or frames of an Enhanced CT) in anatomical order, checked; one-line
+    DataError naming the file otherwise."""
     if not files:
         raise DataError(f"{where}: no DICOM files")
     datasets = _read_all(files, where, pixels)
@@ -222,47 +262,52 @@ def sorted_series(files: list[Path], where: Path, pixels: bool = False) -> list:
         if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
             raise DataError(f"{where}: mixed slice sizes ({first_file.name} {first.Columns}x{first.Rows}, "
                             f"{f.name} {ds.Columns}x{ds.Rows})")
-    if len(datasets) == 1:
-        return [datasets[0][1]]
-    for f, ds in datasets:
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            raise DataError(f"{f}: no ImagePositionPatient/ImageOrientationPatient, so the slices cannot be ordered")
-        if not np.allclose(np.array(ds.ImageOrientationPatient, float), np.array(first.ImageOrientationPatient, float),
-                           atol=1e-4):
-            raise DataError(f"{where}: mixed slice orientations ({first_file.name} and {f.name})")
-    normal = _axes(first)[:, 0]
-    positions = np.array([np.dot(normal, np.array(ds.ImagePositionPatient, float)) for _, ds in datasets])
-    order = np.argsort(positions, kind="stable")
-    steps = np.diff(positions[order])
+    planes = [plane for f, ds in datasets for plane in _planes(f, ds)]
+    if len(planes) == 1:
+        return planes
+    orientations = [plane.attribute("PlaneOrientationSequence", "ImageOrientationPatient") for plane in planes]
+    positions = [plane.attribute("PlanePositionSequence", "ImagePositionPatient") for plane in planes]
+    for plane, orientation, position in zip(planes, orientations, positions):
+        if position is None or orientation is None:
+            raise DataError(f"{plane.path}: no ImagePositionPatient/ImageOrientationPatient"
+                            f"{'' if plane.frame is None else f' for frame {plane.frame + 1}'}, so the slices "
+                            "cannot be ordered")
+        if not np.allclose(np.array(orientation, float), np.array(orientations[0], float), atol=1e-4):
+            raise DataError(f"{where}: mixed slice orientations ({planes[0].name} and {plane.name})")
+    normal = _axes(planes[0])[:, 0]
+    along = np.array([np.dot(normal, np.array(p, float)) for p in positions])
+    order = np.argsort(along, kind="stable")
+    steps = np.diff(along[order])
     spacing = float(np.median(steps))
     if spacing <= 1e-3 or steps.min() <= 1e-3:
         i = int(np.argmin(steps))
-        raise DataError(f"{where}: two slices at the same position ({datasets[order[i]][0].name}, "
-                        f"{datasets[order[i + 1]][0].name})")
+        raise DataError(f"{where}: two slices at the same position ({planes[order[i]].name}, "
+                        f"{planes[order[i + 1]].name})")
     if steps.max() > GAP_TOLERANCE * spacing:
         i = int(np.argmax(steps))
         raise DataError(f"{where}: missing slice(s): a gap of {steps[i]:.2f} mm between "
-                        f"{datasets[order[i]][0].name} and {datasets[order[i + 1]][0].name} "
+                        f"{planes[order[i]].name} and {planes[order[i + 1]].name} "
                         f"(slice spacing {spacing:.2f} mm)")
-    return [datasets[i][1] for i in order]
+    return [planes[i] for i in order]
 
 
-def _axes(ds) -> np.ndarray | None:
+def _axes(plane: Plane) -> np.ndarray | None:
     """LPS directions of (slices, rows, columns): the slice normal, then ImageOrientationPatient's column
     direction (down a column: row index grows) and row direction (along a row); None without the tag."""
-    if "ImageOrientationPatient" not in ds:
+    orientation = plane.attribute("PlaneOrientationSequence", "ImageOrientationPatient")
+    if orientation is None:
         return None
-    orientation = np.array(ds.ImageOrientationPatient, dtype=float)
+    orientation = np.array(orientation, dtype=float)
     along_row, down_column = orientation[:3], orientation[3:]
     return np.stack([np.cross(along_row, down_column), down_column, along_row], axis=1)
 
 
-def hounsfield(ds, path: Path) -> np.ndarray:
-    """One slice in HU (float32): stored value x RescaleSlope + RescaleIntercept."""
+def _stored(ds, path: Path) -> np.ndarray:
+    """The stored values of a file: (rows, columns), or (frames, rows, columns) for a multi-frame file."""
     if _pixels_cut(ds):
         raise DataError(f"{path}: DICOM file is truncated (its pixel data ends early)")
     try:
-        stored = ds.pixel_array
+        return ds.pixel_array
     except Exception as exc:  # pydicom raises several kinds when no decoder handles the transfer syntax
         syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
         if syntax == JPEG_EXTENDED:
@@ -271,23 +316,34 @@ def hounsfield(ds, path: Path) -> np.ndarray:
             raise DataError(f"{path}: cannot decode {syntax.name} pixel data; install a decoder: "
                             f"{COMPRESSED_HINT}, or {CONVERT_HINT}") from None
         raise DataError(f"{path}: cannot read pixel data ({_first_line(exc)})") from None
-    if stored.ndim != 2:
-        raise DataError(f"{path}: expected one grayscale slice, got pixel data of shape {stored.shape}")
-    slope, intercept = _rescale(ds, path)
-    return stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def hounsfield(plane: Plane, stored: np.ndarray) -> np.ndarray:
+    """One plane in HU (float32): stored value x RescaleSlope + RescaleIntercept (`stored`: its file's values)."""
+    values = stored if plane.frame is None else stored[plane.frame] if stored.ndim == 3 else stored
+    if values.ndim != 2:
+        raise DataError(f"{plane.path}: expected one grayscale slice, got pixel data of shape {stored.shape}")
+    slope, intercept = _rescale(plane)
+    return values.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
 def read_series(files: list[Path], where: Path) -> Volume:
     """(slices, rows, columns) float32 HU, slices ascending along the normal, and their LPS directions."""
-    datasets = sorted_series(files, where, pixels=True)
-    return Volume(np.stack([hounsfield(ds, Path(ds.filename)) for ds in datasets]), _axes(datasets[0]), "CT")
+    planes = sorted_series(files, where, pixels=True)
+    stored: dict[int, np.ndarray] = {}  # a multi-frame file is decoded once for all its frames
+    slices = []
+    for plane in planes:
+        if id(plane.ds) not in stored:
+            stored[id(plane.ds)] = _stored(plane.ds, plane.path)
+        slices.append(hounsfield(plane, stored[id(plane.ds)]))
+    return Volume(np.stack(slices), _axes(planes[0]), "CT")
 
 
 def series_header(files: list[Path], where: Path) -> Header:
     """Shape, directions and PatientID (None when empty), from the headers only: checked, not decoded."""
-    datasets = sorted_series(files, where)
-    first = datasets[0]
-    return Header((len(datasets), int(first.Rows), int(first.Columns)), _axes(first),
+    planes = sorted_series(files, where)
+    first = planes[0].ds
+    return Header((len(planes), int(first.Rows), int(first.Columns)), _axes(planes[0]),
                   str(first.get("PatientID", "") or "").strip() or None)
 
 
