@@ -1,7 +1,7 @@
 """The table of scan readers: one entry per CT format (DICOM series, DICOMDIR, NIfTI, MetaImage).
 
 An entry says which paths it reads (file suffixes, exact file names, folders of its files) and how to
-read a scan's header (slice count, patient id) and its voxels (a `Volume`: values plus the patient
+read a scan's header (stored shape and directions, patient id) and its voxels (a `Volume`: values plus the patient
 direction of each array axis). `volumes.py` dispatches by this table, builds its suffix lists and its
 messages from it, and applies the one orientation contract (`orientation.py`) and the one value check
 to every reader's output. A format is one module that calls `register(ScanReader(...))`, imported by
@@ -10,11 +10,10 @@ to every reader's output. A format is one module that calls `register(ScanReader
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-
-import sys
 
 import numpy as np
 
@@ -45,9 +44,9 @@ class Header:
 
 @dataclass(frozen=True)
 class ScanReader:
-    """One scan format. `header(scan)` -> Header, from headers only; `read(scan)` -> Volume. `expand(path)`, for a file that lists
-    several scans (DICOMDIR), gives their names and the skipped ones' reasons; `problem(scan)`, from the
-    headers, says why a scan found in a folder is no CT image scan (None: it is one)."""
+    """One scan format. `header(scan)` -> Header, from headers only; `read(scan)` -> Volume. `expand(path)`,
+    for a file that lists several scans (DICOMDIR), gives their names and the skipped ones' reasons;
+    `problem(scan)`, from the headers, says why a scan found in a folder is no CT image scan (None: it is one)."""
 
     name: str                                  # in user messages: "NIfTI volume"
     header: Callable[[str], Header]
