@@ -157,12 +157,14 @@ def test_empty_out_is_refused_and_the_current_folder_untouched(tmp_path, monkeyp
     assert e.value.code == 2 and "must name a file or folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["predict", "evaluate"])
-def test_batch_size_must_be_positive(run, capsys, command):
-    extra = ["--site", "covid-ct", str(sample_images(1)[0])] if command == "predict" else []
-    with pytest.raises(SystemExit) as e:
-        main([command, str(run / "best.pt"), *extra, "--batch-size", "0"])
-    assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "adapt"])
+@pytest.mark.parametrize("value, problem", [("0", "--batch-size 0: must be at least 1"),
+                                            ("x", "--batch-size 'x': expected a whole number")])
+def test_batch_size_errors_are_one_line(run, capsys, command, value, problem):
+    extra = {"predict": ["--site", "covid-ct", str(sample_images(1)[0])], "evaluate": [],
+             "export": ["--site", "covid-ct", "--out", "o.onnx"], "adapt": ["--site", "a=b", "--out", "o.pt"]}[command]
+    assert main([command, str(run / "best.pt"), *extra, "--batch-size", value]) == 2
+    assert capsys.readouterr().err == f"crosssite: error: {problem}" + (" of at least 1\n" if value == "x" else "\n")
 
 
 def test_every_evaluation_batch_size_has_one_default():

@@ -217,6 +217,39 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(finished_run, caps
     assert snapshot(out) == before
 
 
+def test_file_names_that_are_not_utf8_train_and_reach_the_outputs(tmp_path, capsys):
+    """Every COVID image of one site renamed to a Latin-1 name: split.json, predictions.csv and the printed
+    predictions name the files, and each name read back opens the same file."""
+    import csv
+    import os
+
+    shutil.copytree(SAMPLE_DATA, tmp_path / "data")
+    folder = tmp_path / "data" / "sars-cov-2-ct" / "COVID"
+    for image in folder.iterdir():
+        image.rename(folder / os.fsdecode(b"caf\xe9-" + image.name.encode()))
+    out = tmp_path / "run"
+    train_module.train(TrainConfig(**{**TINY, "data": str(tmp_path / "data"), "epochs": 1, "method": "joint",
+                                      "out": str(out)}), progress=False)
+    with open(out / "predictions.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        named = [r["path"] for r in csv.DictReader(f) if "\udce9" in r["path"]]
+    assert named and all(Path(p).is_file() for p in named)
+    split = json.loads((out / "split.json").read_text(encoding="ascii"))  # JSON escapes them: still ASCII
+    assert set(named) <= {p for part in split["sites"]["sars-cov-2-ct"].values() for p in part}
+    capsys.readouterr()
+    assert main(["predict", str(out / "best.pt"), "--site", "sars-cov-2-ct", named[0]]) == 0
+    printed = capsys.readouterr().out  # escaped where the terminal is strict UTF-8, as here
+    assert named[0].encode("utf-8", "backslashreplace").decode() in printed
+
+
+def test_resume_of_a_finished_run_notices_a_damaged_log_line(finished_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run.out, copy)
+    log = copy / "train_log.jsonl"
+    log.write_text('{"epoch": 0, "loss\n' + log.read_text())  # a damaged line before the intact one
+    assert main(["train", "--config", str(copy / "config.yaml"), "--out", str(copy), "--resume", "--quiet"]) == 2
+    assert capsys.readouterr().err == f"crosssite: error: {log}: line 1 is not valid JSON\n"
+
+
 def test_resume_without_config_yaml_is_refused(finished_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(finished_run.out, copy)

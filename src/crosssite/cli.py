@@ -27,10 +27,14 @@ COMPILE_HELP = (
 )
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
+def batch_size(text) -> int:
+    """--batch-size, checked after parsing so that a bad value is crosssite's one line, not argparse's usage."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise CrossSiteError(f"--batch-size {text!r}: expected a whole number of at least 1") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise CrossSiteError(f"--batch-size {value}: must be at least 1")
     return value
 
 
@@ -272,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--as-site", metavar="KNOWN",
                           help="evaluate sites the checkpoint does not know with the batch norms of site KNOWN")
     add_aggregate_flags(evaluate)
-    evaluate.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
+    evaluate.add_argument("--batch-size", type=str, default=EVAL_BATCH_SIZE)
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -289,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="which site's batch norms to use, or 'auto': the site whose statistics are closest")
     predict.add_argument("images", nargs="+", metavar="IMG_OR_SCAN")
     add_aggregate_flags(predict)
-    predict.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
+    predict.add_argument("--batch-size", type=str, default=EVAL_BATCH_SIZE)
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     predict.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -305,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="; ".join(f"{f.name}: {f.files}, run by predict --backend {f.backend}"
                                        for f in EXPORT_FORMATS.values()))
     export.add_argument("--out", required=True, help="file to write, e.g. covid-ct.onnx")
-    export.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="batch size of the agreement check")
+    export.add_argument("--batch-size", type=str, default=EVAL_BATCH_SIZE, help="batch size of the agreement check")
     export.set_defaults(func=cmd_export)
 
     card = sub.add_parser("card", help="MODEL_CARD.md and metadata.json for a run folder")
@@ -372,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("checkpoint")
     adapt.add_argument("--site", required=True, metavar="NAME=PATH", help="new site name and its image folder")
     adapt.add_argument("--out", required=True, type=path_text, help="new checkpoint file")
-    adapt.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
+    adapt.add_argument("--batch-size", type=str, default=EVAL_BATCH_SIZE)
     adapt.set_defaults(func=cmd_adapt)
 
     params = sub.add_parser("params", help="total, shared and per-site parameter counts of methods")
@@ -390,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         ensure_malloc_tuning()
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped, never crashes
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
+        if isinstance(getattr(args, "batch_size", None), str):
+            args.batch_size = batch_size(args.batch_size)
         with warnings.catch_warnings():
             warnings.showwarning = print_warning
             args.func(args)

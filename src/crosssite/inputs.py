@@ -27,7 +27,7 @@ from .config import EVAL_BATCH_SIZE
 from .data.sampling import eval_batches
 from .data.sites import is_image
 from .data.transforms import to_tensor
-from .data.volumes import find_scans, is_scan_path, scan_slices
+from .data.volumes import find_scans, formats, is_scan_path, scan_slices
 from .errors import CrossSiteError, DataError
 from .metrics import label_name
 from .preprocessing import Preprocessing
@@ -44,7 +44,7 @@ def expand_inputs(paths: list[Path], slices: str = "all") -> list[tuple[str | No
         if is_scan_path(path) and not is_image(path):
             scans = find_scans(path)
             if not scans:
-                raise DataError(f"{path}: no CT scan in it (DICOM series, DICOMDIR, NIfTI or MetaImage volume)")
+                raise DataError(f"{path}: no CT scan in it ({formats()})")
             expanded += [(scan, scan_slices(scan, slices)[0]) for scan in scans]
         else:
             expanded.append((None, [path]))

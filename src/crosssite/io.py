@@ -41,7 +41,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    """UTF-8; a file name that is not UTF-8 (legal on Linux, held as surrogates by Python) is written as
+    its own bytes, so that it names the same file when read back with errors="surrogateescape"."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"))
 
 
 def atomic_write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:

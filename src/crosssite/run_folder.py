@@ -35,7 +35,7 @@ def write_predictions(path: Path, rows: list[dict]) -> None:
 
 def read_predictions(path: Path) -> list[dict]:
     """The rows of a predictions.csv (or tail_predictions.csv) as text, one dict per row."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:  # paths as the file system names them
         return list(csv.DictReader(f))
 
 

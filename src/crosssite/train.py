@@ -205,6 +205,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
     if resume:
         _check_same_settings(config, out / run_folder.CONFIG)
         if (done := run_folder.read_metrics(out)) is not None:
+            read_jsonl(out / run_folder.TRAIN_LOG)  # a damaged line is noticed, not passed over
             return done  # a finished run: nothing to continue, nothing changes
 
     data = prepare_data(config, out, resume, progress)

@@ -169,13 +169,13 @@ def test_generic_csv_refuses_an_image_listed_twice(sample_dir, tmp_path, second,
         read_site(csv_path, "csv")
 
 
-def test_file_name_that_is_not_utf8_is_refused_when_the_site_is_read(sample_dir, tmp_path):
+def test_file_name_that_is_not_utf8_is_read(sample_dir, tmp_path):
+    """Legal on Linux (Latin-1 names from old exports): Python holds the name with surrogates."""
     shutil.copytree(sample_dir / "sars-cov-2-ct", tmp_path / "site")
     image = next((tmp_path / "site" / "COVID").iterdir())
-    bad = image.with_name(os.fsdecode(b"scan-\xff.png"))
+    bad = image.with_name(os.fsdecode(b"scan-\xe9.png"))
     image.rename(bad)
-    with pytest.raises(DataError, match="not valid UTF-8"):
-        read_site(tmp_path / "site", "s")
+    assert bad in [s.path for s in read_site(tmp_path / "site", "s").samples]
 
 
 def test_csv_of_dicom_series_gives_slices_with_patient_ids(ct_series_site):

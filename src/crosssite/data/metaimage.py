@@ -2,7 +2,10 @@
 
 Written here instead of depending on SimpleITK (tens of MB) because crosssite needs only the part of the
 format that CT volumes use: one channel, 2 or 3 dimensions, a numeric element type, raw or zlib-compressed
-data in one block. Key names follow the MetaIO documentation (itk.org, "MetaIO").
+data in one block. Key names, element sizes (MET_LONG is 4 bytes, MET_LONG_LONG 8) and HeaderSize (N bytes
+to skip before the data; -1: the data are the file's last bytes) follow the MetaIO documentation (itk.org,
+"MetaIO") and its reference implementation. The direction matrix (TransformMatrix, or its synonyms
+Orientation and Rotation) holds one axis direction per NDims values, x first, in ITK's LPS patient frame.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from crosssite.data.readers import Header, ScanReader, Volume, register
 from crosssite.errors import DataError
 
 _ELEMENT_TYPES = {
     "MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2", "MET_INT": "i4",
-    "MET_UINT": "u4", "MET_LONG": "i8", "MET_ULONG": "u8", "MET_FLOAT": "f4", "MET_DOUBLE": "f8",
+    "MET_UINT": "u4", "MET_LONG": "i4", "MET_ULONG": "u4", "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8",
+    "MET_FLOAT": "f4", "MET_DOUBLE": "f8",
 }
+_DIRECTION_KEYS = ("TransformMatrix", "Orientation", "Rotation")
 _MAX_HEADER = 1 << 16  # a MetaImage header is a few hundred bytes of text
 
 
@@ -32,6 +38,8 @@ def read_header(path: Path) -> tuple[dict[str, str], int]:
     offset = 0
     for raw_line in head.splitlines(keepends=True):
         offset += len(raw_line)
+        if not raw_line.strip():
+            continue  # MetaIO skips blank lines
         key, sep, value = raw_line.decode("latin-1").partition("=")
         if not sep:
             raise DataError(f"{path}: not a MetaImage header (line {raw_line[:40]!r})")
@@ -56,8 +64,8 @@ def shape_of(fields: dict[str, str], path: Path) -> tuple[int, int, int]:
     return (z[0] if z else 1), y, x
 
 
-def read_metaimage(path: Path) -> np.ndarray:
-    """The voxel values as float32 (slices, rows, columns), axes flipped where TransformMatrix is -1."""
+def read_metaimage(path: Path) -> Volume:
+    """The voxel values as float32 (z, y, x: MetaImage stores x fastest) and their LPS directions."""
     path = Path(path)
     fields, offset = read_header(path)
     shape = shape_of(fields, path)
@@ -76,32 +84,61 @@ def read_metaimage(path: Path) -> np.ndarray:
             data = (path.parent / data_file).read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read MetaImage data {data_file} ({exc.strerror or exc})") from None
-    if fields.get("CompressedData", "False").lower() == "true":
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    data = _skip_header_bytes(data, fields.get("HeaderSize"), expected, compressed, path)
+    if compressed:
         try:
             data = zlib.decompress(data)
         except zlib.error as exc:
-            raise DataError(f"{path}: MetaImage data is not valid zlib data ({exc})") from None
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            raise DataError(f"{path}: MetaImage data is truncated or not valid zlib data ({exc})") from None
     if len(data) != expected:
-        raise DataError(f"{path}: MetaImage holds {len(data)} bytes of voxel data, DimSize and ElementType "
+        what = "truncated: " if len(data) < expected else ""
+        raise DataError(f"{path}: MetaImage {what}holds {len(data)} bytes of voxel data, DimSize and ElementType "
                         f"say {expected}")
     volume = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder(">" if msb else "<")).reshape(shape)
-    return _flip_negative_axes(volume, fields.get("TransformMatrix"), path).astype(np.float32)
+    modality = fields.get("Modality", "").upper().removeprefix("MET_MOD_")  # MET_MOD_CT, MET_MOD_MR, ...
+    return Volume(volume.astype(np.float32), _axes(fields, path), None if modality in ("", "UNKNOWN") else modality)
 
 
-def _flip_negative_axes(volume: np.ndarray, matrix: str | None, path: Path) -> np.ndarray:
-    """Axis-aligned directions pointing the other way are flipped so rows run to posterior, columns to
-    the patient's left (ITK's LPS, as DICOM shows an axial slice); other directions are taken as stored."""
+def _skip_header_bytes(data: bytes, header_size: str | None, expected: int, compressed: bool, path: Path) -> bytes:
+    """The data block after HeaderSize bytes (-1: the last `expected` bytes, uncompressed data only)."""
+    if header_size is None:
+        return data
+    try:
+        skip = int(header_size)
+    except ValueError:
+        raise DataError(f"{path}: MetaImage HeaderSize is not an integer ({header_size})") from None
+    if skip == -1 and not compressed:
+        return data[max(len(data) - expected, 0):]
+    if skip < 0:
+        raise DataError(f"{path}: MetaImage HeaderSize {skip}; expected a byte count or -1")
+    return data[skip:]
+
+
+def _axes(fields: dict[str, str], path: Path) -> np.ndarray | None:
+    """LPS directions of the array axes (z, y, x) as columns; None without a direction matrix."""
+    matrix = next((fields[k] for k in _DIRECTION_KEYS if k in fields), None)
     if not matrix:
-        return volume
+        return None
     try:
         values = np.array([float(v) for v in matrix.split()])
     except ValueError:
         raise DataError(f"{path}: MetaImage TransformMatrix is not numeric ({matrix})") from None
     n = int(round(np.sqrt(values.size)))
-    direction = values.reshape(n, n)
-    if not np.allclose(np.abs(direction), np.eye(n)):
-        return volume
-    signs = np.diag(direction)[::-1]  # x y z -> array axes columns, rows, slices reversed
-    axes = tuple(axis + volume.ndim - n for axis in range(n) if signs[axis] < 0)
-    return np.flip(volume, axes) if axes else volume
+    if n * n != values.size or n not in (2, 3):
+        raise DataError(f"{path}: MetaImage TransformMatrix has {values.size} values; expected 4 or 9")
+    per_axis = values.reshape(n, n)  # row i: direction of axis i (x, y[, z]) in LPS
+    axes = np.eye(3)
+    axes[:n, :n] = per_axis.T
+    return axes[:, ::-1]  # array axes are z, y, x
+
+
+def header(scan: str) -> Header:
+    path = Path(scan)
+    fields, _ = read_header(path)
+    return Header(shape_of(fields, path), _axes(fields, path))
+
+
+READER = register(ScanReader("MetaImage volume", header, lambda scan: read_metaimage(Path(scan)),
+                             suffixes=(".mha", ".mhd")))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosssite.data.volumes import find_scans, is_scan_path, scan_of, scan_slices
+from crosssite.data.volumes import find_scans, formats, is_scan_path, scan_of, scan_slices
 from crosssite.errors import CrossSiteError, DataError
 
 COVID, NON_COVID = 1, 0
@@ -120,11 +120,8 @@ def _class_samples(root: Path, folder: str, label: int, slices: str) -> list[Sam
 
 
 def _sorted_site(name: str, samples: list[Sample]) -> Site:
-    for s in samples:  # paths go into split.json and predictions.csv, which are UTF-8 text
-        try:
-            str(s.path).encode("utf-8")
-        except UnicodeEncodeError:
-            raise DataError(f"{s.path}: file name is not valid UTF-8; rename it") from None
+    """A file name that is not UTF-8 is kept as Python holds it (surrogates); crosssite.io writes it back
+    as its own bytes."""
     return Site(name, sorted(samples, key=lambda s: str(s.path)))
 
 
@@ -247,7 +244,7 @@ def read_covid_ct(root: Path, name: str = COVID_CT) -> Site:
 
 def _read_generic_csv(path: Path, name: str, slices: str) -> Site:
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.reader(f)
             header = [h.strip().lower() for h in next(reader, [])]
             rows = list(enumerate(reader, start=2))
@@ -274,7 +271,7 @@ def _read_generic_csv(path: Path, name: str, slices: str) -> Site:
             raise DataError(f"{path}:{line}: {image} not found")
         if not is_image(image) and not is_scan_path(image):
             raise DataError(f"{path}:{line}: {rel} is neither an image ({' '.join(sorted(IMAGE_EXTENSIONS))}) nor a "
-                            "CT scan (series folder, DICOMDIR, .dcm, .nii, .nii.gz, .mha, .mhd)")
+                            f"CT scan: {formats()}")
         first_line, first_label = listed.setdefault(image.resolve(), (line, label))
         if first_line != line:  # a copy in train and one in test would leak
             labels = "" if first_label == label else f" with label {LABEL_NAMES[first_label]}, here {LABEL_NAMES[label]}"

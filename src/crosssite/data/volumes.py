@@ -1,14 +1,16 @@
-"""CT scans (DICOM series, NIfTI and MetaImage volumes) as windowed 8-bit slices.
+"""CT scans (DICOM series, DICOMDIR, NIfTI and MetaImage volumes) as windowed 8-bit slices.
 
 A scan is named by a string: a series folder, a volume file (.nii, .nii.gz, .mha, .mhd), a single DICOM
 file, or `DICOMDIR#series=UID` for one series a DICOMDIR lists. A slice of it is the sample path
 `SCAN#slice=I` (I counts from 0 in anatomical order, before any --slices selection), so the rest of
 crosssite (splits, caches, predictions.csv) handles slices as it handles image files.
 
+Formats are the entries of the reader table (readers.py); this module dispatches by it and applies what
+holds for all of them: the orientation contract (orientation.py) and the value check (finite values; a
+modality the header names must be CT; without one, a volume whose smallest value is above AIR_CHECK_HU
+has no air, as in MR or raw scanner values, and is refused: an MR volume with values below it would pass).
 Hounsfield units are mapped to gray values by a window (width W, level L): HU L - W/2 -> 0 and
 L + W/2 -> 255, linearly, clipped; the default is the lung window W1500 / L-600.
-NIfTI and MetaImage carry no calibration tag, so their values are taken as HU and a volume whose
-smallest value is above AIR_CHECK_HU (no air in it, as in MR or raw scanner values) is refused.
 """
 
 from __future__ import annotations
@@ -18,36 +20,27 @@ from pathlib import Path
 
 import numpy as np
 
-from crosssite.data import dicom
-from crosssite.data.metaimage import read_header, read_metaimage, shape_of
+from crosssite.data import dicom, metaimage, nifti  # noqa: F401  (each registers its readers)
+from crosssite.data.orientation import standard_shape, to_standard
+from crosssite.data.readers import (SERIES_MARK, ScanReader, file_reader, folder_reader, formats, member_reader,
+                                    note, reader_for)
 from crosssite.errors import CrossSiteError, DataError
 
 LUNG_WINDOW = (1500.0, -600.0)  # (width, level) in HU
 SLICE_MARK = "#slice="
-SERIES_MARK = "#series="
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-METAIMAGE_SUFFIXES = (".mha", ".mhd")
-DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima")  # DICOM files are often named without an extension
 AIR_CHECK_HU = -500.0
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
 def is_volume_file(path: Path) -> bool:
-    return _suffix(Path(path)) in NIFTI_SUFFIXES + METAIMAGE_SUFFIXES
-
-
-def _is_dicom_name(path: Path) -> bool:
-    return _suffix(path) in DICOM_SUFFIXES and not path.name.startswith(".") and path.name != "DICOMDIR"
+    """A file that is one scan on its own (a volume, a DICOM file)."""
+    reader = file_reader(Path(path))
+    return reader is not None and reader.expand is None
 
 
 def is_scan_path(path: Path) -> bool:
     """Something a site CSV or `predict` may name as a scan (existence is checked when it is read)."""
     path = Path(path)
-    return path.is_dir() or is_volume_file(path) or path.name == "DICOMDIR" or _suffix(path) == ".dcm"
+    return path.is_dir() or file_reader(path) is not None
 
 
 # ---- names of slices ----------------------------------------------------------------------------------
@@ -70,107 +63,76 @@ def scan_of(path) -> str | None:
 # ---- finding scans ------------------------------------------------------------------------------------
 
 def find_scans(path: Path) -> list[str]:
-    """The scans under `path`: itself if it is a volume / DICOM file / series folder, every series of a
-    DICOMDIR, and in a folder of folders every series and volume found below it. Sorted."""
+    """The scans under `path`: itself if it is a volume / DICOM file / series folder, every CT series of a
+    DICOMDIR, and in a folder of folders (a study) every series and volume found below it. Sorted. Series
+    that are no CT image series (localizers, other modalities, unreadable) are skipped with a note each;
+    a DICOMDIR or folder whose series are all skipped is an error."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: scan not found")
-    if path.name == "DICOMDIR":
-        return [f"{path}{SERIES_MARK}{uid}" for uid in sorted(dicom.dicomdir_series(path))]
-    if path.is_file():
-        return [str(path)]
-    if (path / "DICOMDIR").is_file():
-        return find_scans(path / "DICOMDIR")
-    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-    scans = [str(p) for p in files if is_volume_file(p)]
-    if any(_is_dicom_name(p) for p in files):
-        scans.append(str(path))
-    for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        scans += find_scans(sub) if _has_scans(sub) else []
+    scans, skipped = _scans_below(path)
+    for line in skipped:
+        note(line)
+    if skipped and not scans:
+        raise DataError(f"{path}: no CT series in it ({len(skipped)} skipped: {skipped[0].split('skipped: ', 1)[-1]}"
+                        + (", ..." if len(skipped) > 1 else "") + ")")
     return sorted(scans)
 
 
-def _has_scans(folder: Path) -> bool:
-    return any(p.is_dir() or is_volume_file(p) or p.name == "DICOMDIR" or _is_dicom_name(p)
-               for p in folder.iterdir() if not p.name.startswith("."))
-
-
-def _dicom_files(scan: str) -> tuple[list[Path], Path]:
-    """The DICOM files of a series scan, and the path to name in errors."""
-    dicomdir, mark, uid = scan.partition(SERIES_MARK)
-    if mark:
-        series = dicom.dicomdir_series(Path(dicomdir))
-        if uid not in series:
-            raise DataError(f"{dicomdir}: lists no series {uid}")
-        return series[uid], Path(scan)
-    path = Path(scan)
+def _scans_below(path: Path) -> tuple[list[str], list[str]]:
+    """(scans, notes on the series skipped)."""
     if path.is_file():
-        return [path], path
-    return sorted(p for p in path.iterdir() if p.is_file() and _is_dicom_name(p)), path
-
-
-def _nibabel(path):
-    try:
-        import nibabel
-    except ImportError:
-        raise DataError(f"{path}: reading NIfTI needs nibabel: {dicom.EXTRA_HINT}") from None
-    return nibabel
-
-
-def _load_nifti(path: Path):
-    nibabel = _nibabel(path)
-    try:
-        image = nibabel.load(path)
-    except Exception as exc:  # nibabel raises many kinds for a damaged or foreign file
-        raise DataError(f"{path}: not a readable NIfTI file ({str(exc).splitlines()[0] if str(exc) else exc})") from None
-    shape = image.shape
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) not in (2, 3):
-        raise DataError(f"{path}: NIfTI of shape {image.shape}; expected a 2D slice or a 3D volume")
-    return image, shape
+        reader = file_reader(path)
+        return reader.expand(path) if reader is not None and reader.expand else ([str(path)], [])
+    files = [p for p in path.iterdir() if p.is_file()]
+    listing = next((p for p in files if (r := file_reader(p)) is not None and r.expand), None)
+    if listing is not None:  # a DICOMDIR describes the whole folder
+        return _scans_below(listing)
+    scans = [str(p) for p in files if member_reader(p) is None and is_volume_file(p)]
+    skipped: list[str] = []
+    if folder_reader(path) is not None:
+        problem = folder_reader(path).problem(str(path))
+        (skipped.append(f"{path}: skipped: {problem}") if problem else scans.append(str(path)))
+    for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found, notes = _scans_below(sub)
+        scans += found
+        skipped += notes
+    return scans, skipped
 
 
 def scan_header(scan: str) -> tuple[int, str | None]:
-    """Number of slices and patient id (DICOM PatientID; None for volumes), reading headers only."""
-    path = Path(scan)
-    if SERIES_MARK not in scan and not path.exists():
-        raise DataError(f"{path}: scan not found")
-    if _suffix(path) in NIFTI_SUFFIXES:
-        image, shape = _load_nifti(path)
-        if len(shape) == 2:
-            return 1, None
-        axes = _nibabel(path).orientations.io_orientation(image.affine)
-        return int(shape[int(np.flatnonzero(axes[:3, 0] == 2)[0])]), None
-    if _suffix(path) in METAIMAGE_SUFFIXES:
-        return shape_of(read_header(path)[0], path)[0], None
-    files, where = _dicom_files(scan)
-    return dicom.series_header(files, where)
+    """Number of slices (along the patient's feet-head axis) and patient id (DICOM PatientID; None for
+    volumes), reading headers only."""
+    header = _reader(scan).header(scan)
+    return standard_shape(header.shape, header.axes, scan)[0], header.patient
+
+
+def _reader(scan: str) -> ScanReader:
+    base = Path(scan.partition(SERIES_MARK)[0])
+    if not base.exists():
+        raise DataError(f"{base}: scan not found")
+    reader = reader_for(scan)
+    if reader is None:
+        raise DataError(f"{scan}: not a CT scan crosssite reads ({formats()})")
+    return reader
 
 
 def read_hu(scan: str) -> np.ndarray:
-    """The scan as float32 (slices, rows, columns) in HU: slices in anatomical order, rows to posterior and
-    columns to the patient's left (as a DICOM axial slice is shown)."""
-    path = Path(scan)
-    if _suffix(path) in NIFTI_SUFFIXES:
-        image, shape = _load_nifti(path)
-        if len(shape) == 3:
-            image = _nibabel(path).as_closest_canonical(image)  # voxel axes -> right, anterior, superior
-        data = np.asarray(image.get_fdata(dtype=np.float32))
-        data = data.reshape(data.shape[0], data.shape[1], -1)
-        return _checked_hu(np.ascontiguousarray(np.flip(data, (0, 1)).transpose(2, 1, 0)), path)
-    if _suffix(path) in METAIMAGE_SUFFIXES:
-        return _checked_hu(read_metaimage(path), path)
-    files, where = _dicom_files(scan)
-    return dicom.read_series(files, where)
+    """The scan as float32 (slices, rows, columns) in HU, in the one orientation of orientation.py (slices
+    feet to head, rows anterior to posterior, columns the patient's right to left), checked."""
+    volume = _reader(scan).read(scan)
+    return _checked_hu(to_standard(volume.values, volume.axes, scan), volume.modality, scan)
 
 
-def _checked_hu(volume: np.ndarray, path: Path) -> np.ndarray:
+def _checked_hu(volume: np.ndarray, modality: str | None, where) -> np.ndarray:
+    """The one check of every reader's output: finite values, CT, and air where no header says CT."""
     if not np.isfinite(volume).all():
-        raise DataError(f"{path}: volume has non-finite values")
+        raise DataError(f"{where}: volume has non-finite values (NaN or infinity)")
+    if modality is not None and modality.upper() != "CT":
+        raise DataError(f"{where}: modality {modality}, not CT: its values are not Hounsfield units")
     low, high = float(volume.min()), float(volume.max())
-    if low > AIR_CHECK_HU:
-        raise DataError(f"{path}: values {low:g} to {high:g} are not Hounsfield units (a CT in HU has air at "
+    if modality is None and low > AIR_CHECK_HU:
+        raise DataError(f"{where}: values {low:g} to {high:g} are not Hounsfield units (a CT in HU has air at "
                         f"about -1000); convert the volume to HU first")
     return volume
 
