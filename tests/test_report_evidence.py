@@ -1,0 +1,42 @@
+"""The evidence pages quote results/cpu/report.md and nothing else: every decimal number in README's
+evidence section and in docs/evidence.md (but its provenance section, which reports re-runs outside the
+sweep with their own command) appears in report.md, so the prose cannot drift from the report."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = re.compile(r"(?<![\w.])[+-]?\d+\.\d+")  # decimals carry the measurements; integers count things
+UNCHECKED = "## Provenance"  # sections of docs/evidence.md whose numbers come from elsewhere
+
+
+def sections(text: str, keep) -> str:
+    """The Markdown sections (heading to the next heading of the same or a higher level) whose heading
+    `keep` accepts."""
+    out, level = [], None
+    for line in text.splitlines():
+        heading = re.match(r"(#+) ", line)
+        if heading and (level is None or len(heading.group(1)) <= level):
+            level = len(heading.group(1)) if keep(line) else None
+        if level is not None:
+            out.append(line)
+    return "\n".join(out)
+
+
+def quoted_numbers() -> dict[str, list[str]]:
+    readme = sections((ROOT / "README.md").read_text(), lambda h: "evidence" in h.lower())
+    page = ROOT / "docs" / "evidence.md"
+    evidence = sections(page.read_text(), lambda h: not h.startswith(UNCHECKED)) if page.is_file() else ""
+    return {"README.md": NUMBER.findall(readme), "docs/evidence.md": NUMBER.findall(evidence)}
+
+
+def test_every_number_the_evidence_quotes_is_in_the_report():
+    printed = set(NUMBER.findall((ROOT / "results" / "cpu" / "report.md").read_text()))
+    unsigned = {n.lstrip("+-") for n in printed}  # prose may say "lower by 1.6" for the report's -1.6
+    found = quoted_numbers()
+    assert found["README.md"], "README.md has no evidence section with numbers"
+    def quoted(n: str) -> bool:
+        return n in printed if n[0] in "+-" else n in unsigned
+
+    missing = {page: [n for n in numbers if not quoted(n)] for page, numbers in found.items()}
+    assert missing == {"README.md": [], "docs/evidence.md": []}
