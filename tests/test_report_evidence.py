@@ -10,15 +10,37 @@ NUMBER = re.compile(r"(?<![\w.])[+-]?\d+\.\d+")  # decimals carry the measuremen
 UNCHECKED = "## Provenance"  # sections of docs/evidence.md whose numbers come from elsewhere
 
 
+def headings(text: str):
+    """(line, heading level or None) of a Markdown text; lines in code blocks are no headings."""
+    fenced = False
+    for line in text.splitlines():
+        fenced ^= line.startswith("```")
+        heading = None if fenced else re.match(r"(#+) ", line)
+        yield line, len(heading.group(1)) if heading else None
+
+
 def sections(text: str, keep) -> str:
     """The Markdown sections (heading to the next heading of the same or a higher level) whose heading
     `keep` accepts."""
     out, level = [], None
-    for line in text.splitlines():
-        heading = re.match(r"(#+) ", line)
-        if heading and (level is None or len(heading.group(1)) <= level):
-            level = len(heading.group(1)) if keep(line) else None
+    for line, depth in headings(text):
+        if depth and (level is None or depth <= level):
+            level = depth if keep(line) else None
         if level is not None:
+            out.append(line)
+    return "\n".join(out)
+
+
+def without(text: str, prefix: str) -> str:
+    """The text less the sections whose heading starts with `prefix` (to the next heading of their level
+    or a higher one)."""
+    out, skipping = [], None
+    for line, depth in headings(text):
+        if depth and skipping is not None and depth <= skipping:
+            skipping = None
+        if depth and line.startswith(prefix):
+            skipping = depth
+        if skipping is None:
             out.append(line)
     return "\n".join(out)
 
@@ -26,7 +48,7 @@ def sections(text: str, keep) -> str:
 def quoted_numbers() -> dict[str, list[str]]:
     readme = sections((ROOT / "README.md").read_text(), lambda h: "evidence" in h.lower())
     page = ROOT / "docs" / "evidence.md"
-    evidence = sections(page.read_text(), lambda h: not h.startswith(UNCHECKED)) if page.is_file() else ""
+    evidence = without(page.read_text(), UNCHECKED) if page.is_file() else ""
     return {"README.md": NUMBER.findall(readme), "docs/evidence.md": NUMBER.findall(evidence)}
 
 
