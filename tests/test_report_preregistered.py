@@ -115,6 +115,8 @@ def test_a_complete_sweep_prints_the_contrast_and_the_verdict(synthetic, printed
     assert "n_test/n_train = 0.1389" in printed
     report = (folder / "report.md").read_text()
     assert "## The pre-registered comparison (docs/preregistration.md)" in report and verdict in report
+    table1 = report.split("## Table I")[1].split("## Test AUC")[0]  # grouped rows alone: Table I shows them
+    assert "| SepNorm, grouped folds |" in table1 and "| Contrastive (ours), grouped folds |" in table1
 
 
 def test_an_incomplete_sweep_is_interim_and_draws_no_verdict(synthetic, tmp_path, capsys):

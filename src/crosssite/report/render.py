@@ -53,7 +53,7 @@ def _table1_cell(e: dict, tex: bool) -> str:
 
 def table1_grid(res: SweepResults, entries: list[dict], site: str, tex: bool) -> list[list[str]]:
     cells = {(e["row"], e["metric"]): _table1_cell(e, tex) for e in entries if e["site"] == site}
-    return [[r.display] + [cells[r.name, m] for m in TABLE1_METRICS] for r in res.rows if r.group != "grouped"]
+    return [[r.display] + [cells[r.name, m] for m in TABLE1_METRICS] for r in res.table_rows()]
 
 
 # ---- AUC with intervals -------------------------------------------------------------------------

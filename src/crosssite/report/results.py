@@ -31,6 +31,12 @@ class SweepResults:
         jobs = [r for r in self.latest.values() if r["row"] == row and r["status"] == "ok"]
         return sorted(jobs, key=lambda r: (r["seed"], r["fold"]))
 
+    def table_rows(self) -> list[Row]:
+        """The rows of the per-row tables: a duplicate-grouped row is left out where its row on ordinary
+        folds ran too (the section on grouped folds sets the two side by side)."""
+        names = {r.name for r in self.rows}
+        return [r for r in self.rows if r.group != "grouped" or r.name.removesuffix("-grouped") not in names]
+
     def planned_for(self, row: str) -> list[str]:
         return [j for j in self.planned if j.startswith(f"{row}-fold")]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..data.splits import VAL_FOLDS
 from ..io import atomic_write_csv, atomic_write_text
-from ..paper import COMPARED_METRIC, COMPARISONS, ROW_BY_NAME
+from ..paper import COMPARED_METRIC, COMPARISONS
 from ..scans import describe
 from ..stats import BOOTSTRAP_REPLICATES
 from ..sweep import EXTENSIONS, PROVENANCE
@@ -123,10 +123,9 @@ def auc_intervals(report: Report) -> list[str]:
           "understates the uncertainty where neighbouring slices are near-duplicates. The interval covers test "
           "sampling only, not the noise of training (initialisation, batch order, which patients were trained "
           "on): a re-run of the sweep can move a mean by more. n/a: fewer than 2 jobs.", ""]
-    non_grouped = [r for r in res.rows if r.group != "grouped"]
     for site in res.sites:
         md += [f"### Site {site}", "",
-               render.markdown(["Method", *EPOCH_CHOICES.values()], render.robust_grid(report.robust, site, non_grouped))]
+               render.markdown(["Method", *EPOCH_CHOICES.values()], render.robust_grid(report.robust, site, res.table_rows()))]
     return md
 
 
@@ -137,7 +136,8 @@ def patient_auc(report: Report) -> list[str]:
           f"Where a site has patient ids, each test patient's P(COVID) is the {describe()} of their "
           "images (`crosssite.scans`), and the AUC is taken over patients: mean ± std over jobs (n jobs; "
           "patients per test fold in brackets). n/a: fewer than 2 jobs.", ""]
-    shown = [e for e in entries if ROW_BY_NAME[e["row"]].group != "grouped"]
+    rows = {r.name for r in report.res.table_rows()}
+    shown = [e for e in entries if e["row"] in rows]
     if not entries:
         return md + ["No site of this sweep has patient ids.", ""]
     return md + [render.markdown(["Method", "Site", "Patient-level AUC"], render.patient_grid(shown))]
