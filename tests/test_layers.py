@@ -24,7 +24,7 @@ LAYERS = [
     ("library", ["evaluate", "inputs", "exported"], False),
     ("training", ["train"], False),
     ("commands", ["predict", "export", "gradcam", "adapt", "audit", "card", "sweep"], True),
-    ("report", ["report"], False),
+    ("report", ["report."], False),
     ("command line", ["cli", "__main__"], False),
 ]
 

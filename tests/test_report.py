@@ -1,4 +1,7 @@
-"""Reports of a tiny real sweep: files written, Table I and the t-tests recomputed, missing jobs named."""
+"""Reports of a tiny real sweep: files written, Table I and the t-tests recomputed, missing jobs named.
+
+The report is written once per fixture (module scope): `reported` from the whole sweep, `damaged` from a
+copy with a job missing, one failed and a row cut to one job; tests only read them."""
 
 import csv
 import json
@@ -7,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.stats import t as t_dist
 from scipy.stats import ttest_rel
 
 from conftest import TINY_SETTINGS
@@ -33,10 +37,34 @@ def sweep(tmp_path_factory):
 
 
 @pytest.fixture()
-def reported(sweep, tmp_path):
+def copied(sweep, tmp_path):
     folder = tmp_path / "sweep"
     shutil.copytree(sweep, folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def reported(sweep, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reported") / "sweep"
+    shutil.copytree(sweep, folder)
+    assert cli.main(["report", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def damaged(sweep, tmp_path_factory):
+    """The sweep with joint-redesign's first job never finished, a contrastive job failed (its last line
+    counts) and the grouped row cut to one job, reported once."""
+    folder = tmp_path_factory.mktemp("damaged") / "sweep"
+    shutil.copytree(sweep, folder)
+    results = folder / "results.jsonl"
+    lines = read_jsonl(results)
+    dropped = {lines[0]["job"], "joint-redesign-grouped-fold1-seed0"}
+    kept = [r for r in lines if r["job"] not in dropped]
+    kept.append({**lines[6], "status": "failed", "error": "DivergedError: loss became nan"})
+    results.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    write_report(folder)
+    return folder, lines[0]["job"], lines[6]["job"]
 
 
 def read_csv(path):
@@ -45,7 +73,6 @@ def read_csv(path):
 
 
 def test_report_writes_markdown_csv_latex_and_figures(reported):
-    assert cli.main(["report", str(reported)]) == 0
     for stem in ("table1", *(stem for _, stem, _, _ in COMPARISONS)):
         assert (reported / "tables" / f"{stem}.csv").exists() and (reported / "tables" / f"{stem}.tex").exists()
     figures = [f"fig3_roc_{s}.png" for s in SITES] + [f"fig{4 + i}_gradcam_{s}.png" for i, s in enumerate(SITES)]
@@ -60,7 +87,6 @@ def test_report_writes_markdown_csv_latex_and_figures(reported):
 
 
 def test_table1_is_the_mean_and_std_of_the_jobs_in_percent(reported):
-    write_report(reported)
     lines = read_jsonl(reported / "results.jsonl")
     entries = read_csv(reported / "tables" / "table1.csv")
     cell = next(e for e in entries if e["row"] == "contrastive" and e["site"] == "covid-ct" and e["metric"] == "f1")
@@ -75,42 +101,41 @@ def test_table1_is_the_mean_and_std_of_the_jobs_in_percent(reported):
             assert best["best"] == "True"
 
 
-def test_paired_differences_match_scipy_and_average_the_seeds_of_each_fold(reported):
-    write_report(reported)
+def test_paired_differences_are_the_corrected_repeated_cv_test_beside_the_naive_ttest_rel(reported):
     lines = read_jsonl(reported / "results.jsonl")
     auc = {(r["row"], r["fold"], r["seed"], s): r["sites"][s]["auc"] for r in lines for s in SITES}
     tests = [t for t in read_csv(reported / "tables" / "table2.csv") if t["epoch"] == "best_val"]
     assert {t["site"] for t in tests} == set(SITES) and {t["row"] for t in tests} == {"joint-redesign"}
+    ratio = (1 / 2) / ((1 - 1 / 2) * (1 - 1 / 5))  # test fold over the fitted part: 2 folds, 1/5 validation
     for t in tests:
         keys = [(f, s) for f in (0, 1) for s in (0, 1)]
         ours = [auc["contrastive", f, s, t["site"]] for f, s in keys]
         theirs = [auc["joint-redesign", f, s, t["site"]] for f, s in keys]
         expected = ttest_rel(ours, theirs)  # the paper's test, every job pair independent
-        assert t["metric"] == "auc" and int(t["n_pairs"]) == 4 and int(t["n_folds"]) == 2
-        assert float(t["p_ttest_rel"]) == pytest.approx(expected.pvalue, rel=1e-12)
-        assert float(t["t_ttest_rel"]) == pytest.approx(expected.statistic, rel=1e-12)
-        fold_means = 100 * np.subtract(ours, theirs).reshape(2, 2).mean(axis=1)  # seeds of a fold averaged
-        se = np.sqrt((1 / 2 + 1 / 1) * np.var(fold_means, ddof=1))  # 2 folds: test and training halves equal
-        assert float(t["mean_diff"]) == pytest.approx(fold_means.mean())
-        assert float(t["ci_high"]) - float(t["mean_diff"]) == pytest.approx(12.7062047 * se, rel=1e-6)  # t(0.975, 1 df)
+        assert t["metric"] == "auc" and int(t["n_pairs"]) == 4 and int(t["repetitions"]) == 2
+        assert float(t["p_naive_ttest_rel"]) == pytest.approx(expected.pvalue, rel=1e-12)
+        assert float(t["t_naive_ttest_rel"]) == pytest.approx(expected.statistic, rel=1e-12)
+        diffs = 100 * np.subtract(ours, theirs)  # all 2 x 2 (fold, seed) pairs, none averaged
+        se = np.sqrt((1 / 4 + ratio) * np.var(diffs, ddof=1))
+        assert float(t["test_train_ratio"]) == pytest.approx(ratio) and int(t["df"]) == 3
+        assert float(t["mean_diff"]) == pytest.approx(diffs.mean())
+        assert float(t["ci_high"]) - float(t["mean_diff"]) == pytest.approx(3.18244631 * se, rel=1e-6)  # t(0.975, 3)
+        assert float(t["p"]) == pytest.approx(2 * t_dist.sf(abs(diffs.mean()) / se, 3))
     assert read_csv(reported / "tables" / "table3.csv") == []  # no comparison methods in this sweep
-
-
-def test_missing_and_failed_jobs_are_named(reported):
-    results = reported / "results.jsonl"
-    lines = read_jsonl(results)
-    dropped, failed = lines[0]["job"], lines[6]["job"]  # a joint-redesign and a contrastive job
-    kept = [r for r in lines if r["job"] != dropped]
-    kept.append({**lines[6], "status": "failed", "error": "DivergedError: loss became nan"})  # the last line counts
-    results.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    write_report(reported)
     text = (reported / "report.md").read_text()
+    assert "Bouckaert & Frank" in text and "n_test/n_train = 1.2500" in text and "naive ttest_rel p" in text
+
+
+def test_missing_and_failed_jobs_are_named(damaged):
+    folder, dropped, failed = damaged
+    text = (folder / "report.md").read_text()
     assert f"- missing (never finished): `{dropped}`" in text
     assert f"- failed: `{failed}`: DivergedError: loss became nan" in text
-    assert "8 of 10 planned jobs finished" in text
-    cells = read_csv(reported / "tables" / "table1.csv")
+    assert "- missing (never finished): `joint-redesign-grouped-fold1-seed0`" in text
+    assert "7 of 10 planned jobs finished" in text
+    cells = read_csv(folder / "tables" / "table1.csv")
     assert {int(e["n"]) for e in cells if e["row"] != "joint-redesign-grouped"} == {3}
-    assert {int(t["n_pairs"]) for t in read_csv(reported / "tables" / "table2.csv")} == {2}
+    assert {int(t["n_pairs"]) for t in read_csv(folder / "tables" / "table2.csv")} == {2}
 
 
 def test_report_of_a_folder_that_is_no_sweep_is_an_error(tmp_path, capsys):
@@ -119,7 +144,6 @@ def test_report_of_a_folder_that_is_no_sweep_is_an_error(tmp_path, capsys):
 
 
 def test_final_and_last_epoch_aucs_come_with_bootstrap_intervals(reported):
-    write_report(reported)
     lines = [r for r in read_jsonl(reported / "results.jsonl") if r["row"] == "contrastive"]
     cells = read_csv(reported / "tables" / "auc_intervals.csv")
     for site in SITES:
@@ -132,20 +156,15 @@ def test_final_and_last_epoch_aucs_come_with_bootstrap_intervals(reported):
     assert "Contrastive (ours) vs Joint (redesigned), covid-ct, validation-chosen epoch:" in text
 
 
-def test_a_cell_of_one_job_has_no_spread_and_no_interval(reported):
-    results = reported / "results.jsonl"
-    lines = read_jsonl(results)
-    kept = [r for r in lines if r["row"] != "contrastive" or r["job"] == "contrastive-fold0-seed0"]
-    results.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    write_report(reported)
-    cell = next(e for e in read_csv(reported / "tables" / "auc_intervals.csv")
-                if e["row"] == "contrastive" and e["site"] == "covid-ct" and e["epoch"] == "best_val")
+def test_a_cell_of_one_job_has_no_spread_and_no_interval(damaged):
+    folder, _, _ = damaged
+    cell = next(e for e in read_csv(folder / "tables" / "auc_intervals.csv")
+                if e["row"] == "joint-redesign-grouped" and e["site"] == "covid-ct" and e["epoch"] == "best_val")
     assert cell["n"] == "1" and cell["std"] == "nan" and cell["ci_low"] == "nan"
-    assert "n/a (1)" in (reported / "report.md").read_text()
+    assert "n/a (1)" in (folder / "report.md").read_text()
 
 
 def test_grouped_folds_are_compared_with_ordinary_folds(reported):
-    write_report(reported)
     changes = read_csv(reported / "tables" / "grouped_folds.csv")
     assert {(c["row"], c["site"]) for c in changes} == {("joint-redesign", s) for s in SITES}
     for c in changes:
@@ -154,10 +173,9 @@ def test_grouped_folds_are_compared_with_ordinary_folds(reported):
 
 
 def test_the_report_is_regenerated_byte_for_byte(reported):
-    write_report(reported)
     written = sorted(p for p in reported.rglob("*") if p.is_file() and p.parent.name in ("tables", "figures"))
     first = {p: p.read_bytes() for p in written + [reported / "report.md"]}
-    write_report(reported)
+    write_report(reported)  # the one test that writes the report again: it must give the same bytes
     assert {p: p.read_bytes() for p in first} == first
 
 
@@ -169,31 +187,30 @@ def test_the_report_is_regenerated_byte_for_byte(reported):
     ("results.jsonl", '{"job": "joint-redesign-fold0-seed0", "status": "ok"}\n', "record 1 is not a sweep result"),
     ("results.jsonl", "[1, 2]\n", "line 1 is not a JSON object"),
 ])
-def test_damaged_sweep_files_are_one_line_errors(reported, capsys, name, content, message):
-    (reported / name).write_text(content)
-    assert cli.main(["report", str(reported)]) == 2
+def test_damaged_sweep_files_are_one_line_errors(copied, capsys, name, content, message):
+    (copied / name).write_text(content)
+    assert cli.main(["report", str(copied)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
 
 
 @pytest.mark.parametrize("change, key", [(lambda m: m.pop("auc"), "'auc'"), (lambda m: m.update(f1="0.5"), "'f1'")],
                          ids=["no auc", "f1 not a number"])
-def test_a_job_line_without_a_metric_is_a_one_line_error(reported, capsys, change, key):
-    results = reported / "results.jsonl"
+def test_a_job_line_without_a_metric_is_a_one_line_error(copied, capsys, change, key):
+    results = copied / "results.jsonl"
     lines = read_jsonl(results)
     change(lines[2]["sites"]["covid-ct"])  # a hand-edited or old line
     results.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    assert cli.main(["report", str(reported)]) == 2
+    assert cli.main(["report", str(copied)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(results) in err and lines[2]["job"] in err and "covid-ct" in err
     assert key in err
-    assert not (reported / "report.md").exists()
+    assert not (copied / "report.md").exists()
 
 
 def test_patient_level_auc_only_where_the_site_has_patient_ids(reported):
     from crosssite.scans import level_metrics
 
-    write_report(reported)
     cells = read_csv(reported / "tables" / "patient_level.csv")
     assert {c["site"] for c in cells} == {"covid-ct"}  # sars-cov-2-ct has no patient ids
     cell = next(c for c in cells if c["row"] == "contrastive")

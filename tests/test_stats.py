@@ -2,16 +2,20 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import ttest_rel
+from scipy.stats import nct, ttest_rel
+from scipy.stats import t as scipy_t
 from sklearn.metrics import roc_auc_score
 
 from crosssite.stats import (
     bootstrap_auc,
     bootstrap_weights,
-    cv_paired_difference,
+    detectable_difference,
+    fitted_test_train_ratio,
     group_ids,
     paired_difference,
     percentile_interval,
+    power,
+    repeated_cv_difference,
     weighted_auc,
 )
 
@@ -72,30 +76,40 @@ def test_paired_difference_interval_and_too_few_pairs():
     assert all(math.isnan(v) for v in percentile_interval(np.full(5, 0.5)))  # too few replicates
 
 
-def test_cv_paired_difference_with_one_pair_per_fold_and_no_correction_is_the_paired_t_test():
+def test_repeated_cv_difference_with_one_repetition_and_no_correction_is_the_paired_t_test():
     a, b = [0.9, 0.8, 0.85, 0.95], [0.8, 0.75, 0.8, 0.85]
-    result = cv_paired_difference(np.subtract(a, b), folds=[0, 1, 2, 3], test_train_ratio=0)
+    result = repeated_cv_difference(np.subtract(a, b), test_train_ratio=0)
     expected = ttest_rel(a, b)
     interval = expected.confidence_interval()
-    assert result["n_folds"] == 4 and result["mean_diff"] == pytest.approx(0.075)
+    assert result["n_pairs"] == 4 and result["df"] == 3 and result["mean_diff"] == pytest.approx(0.075)
     assert (result["ci_low"], result["ci_high"]) == pytest.approx((interval.low, interval.high))
     assert result["p"] == pytest.approx(expected.pvalue) and result["t"] == pytest.approx(expected.statistic)
 
 
-def test_cv_paired_difference_averages_seeds_of_a_fold_and_corrects_for_overlapping_training_sets():
-    diffs, folds = [1.0, 3.0, 2.0, 5.0], [0, 1, 2, 3]
-    plain = cv_paired_difference(diffs, folds, test_train_ratio=0)
-    # three seeds per fold with the same differences: no more evidence about the folds, no narrower interval
-    repeated = cv_paired_difference(diffs * 3, folds * 3, test_train_ratio=0)
-    assert repeated["n_folds"] == 4 and (repeated["ci_low"], repeated["ci_high"]) == pytest.approx(
-        (plain["ci_low"], plain["ci_high"]))
-    # Nadeau & Bengio: the variance of the mean grows from s^2/k to (1/k + n_test/n_train) s^2
-    corrected = cv_paired_difference(diffs, folds, test_train_ratio=1 / 3)
-    widening = math.sqrt((1 / 4 + 1 / 3) / (1 / 4))
-    assert corrected["ci_high"] - corrected["mean_diff"] == pytest.approx(widening * (plain["ci_high"] - plain["mean_diff"]))
-    assert corrected["p"] > plain["p"]
-    # seeds averaged within their fold: a fold's mean is what counts, however many seeds it has
-    unbalanced = cv_paired_difference([1.0, 3.0, 2.0, 4.0, 6.0], [0, 1, 2, 3, 3], test_train_ratio=0)
-    assert unbalanced["mean_diff"] == pytest.approx(plain["mean_diff"])
-    one_fold = cv_paired_difference([1.0, 2.0, 3.0], [0, 0, 0], test_train_ratio=1 / 3)
-    assert one_fold["n_folds"] == 1 and one_fold["mean_diff"] == 2.0 and math.isnan(one_fold["ci_low"])
+def test_repeated_cv_difference_is_bouckaert_and_franks_corrected_test():
+    rng = np.random.default_rng(3)
+    diffs = rng.normal(0.5, 1.0, 30)  # 10 folds x 3 repetitions
+    ratio = fitted_test_train_ratio(10, 5)
+    assert ratio == pytest.approx(0.10 / 0.72)  # test fold over the part the weights were fitted on
+    result = repeated_cv_difference(diffs, ratio)
+    se = np.sqrt((1 / 30 + ratio) * np.var(diffs, ddof=1))
+    half = scipy_t.ppf(0.975, 29) * se
+    assert result["df"] == 29 and result["se"] == pytest.approx(se)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    assert result["p"] == pytest.approx(2 * scipy_t.sf(abs(diffs.mean() / se), 29))
+    assert result["p"] > ttest_rel(diffs, np.zeros(30)).pvalue  # the naive test is optimistic
+    one = repeated_cv_difference([1.0], ratio)
+    assert one["n_pairs"] == 1 and one["mean_diff"] == 1.0 and math.isnan(one["ci_low"]) and math.isnan(one["p"])
+
+
+def test_power_is_the_noncentral_t_and_the_detectable_difference_reaches_the_target():
+    ratio = fitted_test_train_ratio(10, 5)
+    se = np.sqrt(1 / 30 + ratio) * 1.3
+    critical = scipy_t.ppf(0.975, 29)
+    expected = nct.sf(critical, 29, 1.5 / se) + nct.cdf(-critical, 29, 1.5 / se)
+    assert power(1.5, 1.3, 30, ratio) == pytest.approx(expected) and power(-1.5, 1.3, 30, ratio) == pytest.approx(expected)
+    detectable = detectable_difference(1.3, 30, ratio)
+    assert power(detectable, 1.3, 30, ratio) == pytest.approx(0.8, abs=1e-8)
+    assert (critical + scipy_t.ppf(0.8, 29)) * se == pytest.approx(detectable, rel=0.02)  # the usual approximation
+    assert detectable_difference(2.6, 30, ratio) == pytest.approx(2 * detectable)  # scales with the spread
+    assert math.isnan(detectable_difference(0.0, 30, ratio))

@@ -219,9 +219,12 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .report import write_report
+    from .report import load_results, primary_contrast, primary_lines, write_report
 
     print(f"wrote {write_report(Path(args.folder), args.examples)}")
+    contrast = primary_contrast(load_results(Path(args.folder)))
+    if contrast is not None:  # the sweep holds docs/preregistration.md's pair: its analysis, as report.md has it
+        print("\npre-registered comparison (docs/preregistration.md):\n" + "\n".join(primary_lines(contrast)).rstrip())
 
 
 def cmd_gradcam(args) -> None:

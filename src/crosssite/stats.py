@@ -10,19 +10,20 @@ Resampling groups with replacement is the same as giving each group a multinomia
 a replicate is then the weighted Mann-Whitney statistic over the images, which needs one sort per
 job instead of one per replicate.
 
-Paired differences between two methods come from cross-validation jobs, which are not independent
-either: seeds of one fold share its test set, and any two folds share most of their training data.
-`cv_paired_difference` allows for both; `paired_difference` (the paper's paired t-test) for neither.
+Paired differences between two methods come from repeated cross-validation (each seed a new partition of
+a site into k folds), whose jobs are not independent either: any two share most of their training data,
+and the repetitions test the same images again. `repeated_cv_difference` corrects for that;
+`paired_difference` (the paper's paired t-test, naive) does not.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
+from scipy.optimize import brentq
 
 BOOTSTRAP_REPLICATES = 2000
 CONFIDENCE = 0.95
@@ -99,24 +100,54 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
             "ci_high": float(interval.high), "t": float(test.statistic), "p": float(test.pvalue)}
 
 
-def cv_paired_difference(
-    diffs: Sequence[float], folds: Sequence[int], test_train_ratio: float, confidence: float = CONFIDENCE,
-) -> dict:
-    """Mean of paired differences of cross-validation jobs (`folds[i]`: the fold of `diffs[i]`) with a
-    t-interval that allows for their dependence: the seeds of a fold are averaged first (they share its
-    test set), and the variance of the mean of k fold means is Nadeau & Bengio's corrected
-    (1/k + n_test/n_train) s^2 (Machine Learning 52:239, 2003) with k - 1 degrees of freedom, since the
-    folds' training sets overlap. NaN where fewer than 2 folds have pairs."""
-    by_fold = defaultdict(list)
-    for fold, diff in zip(folds, diffs, strict=True):
-        by_fold[fold].append(diff)
-    means = np.array([np.mean(v) for _, v in sorted(by_fold.items())], dtype=float)
-    k = len(means)
-    mean = float(means.mean()) if k else math.nan
-    if k < 2:
-        return {"n_folds": k, "mean_diff": mean, "ci_low": math.nan, "ci_high": math.nan, "t": math.nan, "p": math.nan}
-    se = math.sqrt((1 / k + test_train_ratio) * means.var(ddof=1))
-    half = scipy_stats.t.ppf((1 + confidence) / 2, k - 1) * se
+def fitted_test_train_ratio(folds: int, val_folds: int) -> float:
+    """n_test/n_train of k-fold cross-validation whose training part gives 1/val_folds to validation: the test
+    fold (1/k of a site) over the part the weights were fitted on, (1 - 1/k)(1 - 1/val_folds); validation only
+    picks the epoch, so it does not count as training (4 folds, 5 validation folds: 0.25/0.60 = 5/12)."""
+    return (1 / folds) / ((1 - 1 / folds) * (1 - 1 / val_folds))
+
+
+def repeated_cv_difference(diffs: Sequence[float], test_train_ratio: float, confidence: float = CONFIDENCE) -> dict:
+    """Mean of the paired differences of r repetitions of k-fold cross-validation, each repetition a new
+    partition, with the corrected repeated k-fold t-test (Bouckaert & Frank, PAKDD 2004; Nadeau & Bengio,
+    Machine Learning 52:239, 2003): all k r pairs count, the variance of their mean is
+    (1/(k r) + n_test/n_train) s^2 (s^2 their sample variance), with k r - 1 degrees of freedom. Folds of
+    different repetitions share nothing by index, so only the set of pairs matters, not how the folds are
+    numbered. NaN where fewer than 2 pairs."""
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
+    mean = float(d.mean()) if n else math.nan
+    if n < 2:
+        return {"n_pairs": n, "mean_diff": mean, "se": math.nan, "df": max(n - 1, 0), "ci_low": math.nan,
+                "ci_high": math.nan, "t": math.nan, "p": math.nan}
+    se = corrected_se(float(d.std(ddof=1)), n, test_train_ratio)
+    half = scipy_stats.t.ppf((1 + confidence) / 2, n - 1) * se
     t = mean / se if se > 0 else (math.nan if mean == 0 else math.copysign(math.inf, mean))
-    return {"n_folds": k, "mean_diff": mean, "ci_low": mean - half, "ci_high": mean + half, "t": t,
-            "p": float(2 * scipy_stats.t.sf(abs(t), k - 1))}
+    return {"n_pairs": n, "mean_diff": mean, "se": se, "df": n - 1, "ci_low": mean - half, "ci_high": mean + half,
+            "t": t, "p": float(2 * scipy_stats.t.sf(abs(t), n - 1))}
+
+
+def corrected_se(sd: float, n_pairs: int, test_train_ratio: float) -> float:
+    """Standard error of the mean of n_pairs cross-validation differences of spread `sd` (Bouckaert & Frank)."""
+    return math.sqrt(1 / n_pairs + test_train_ratio) * sd
+
+
+def power(difference: float, sd: float, n_pairs: int, test_train_ratio: float, alpha: float = 1 - CONFIDENCE) -> float:
+    """Probability that the two-sided corrected t-test at level alpha rejects 0 when the true difference is
+    `difference` and the pairs spread by `sd` (noncentral t, n_pairs - 1 degrees of freedom)."""
+    df = n_pairs - 1
+    critical = scipy_stats.t.ppf(1 - alpha / 2, df)
+    shift = abs(difference) / corrected_se(sd, n_pairs, test_train_ratio)
+    wrong_side = scipy_stats.nct.cdf(-critical, df, shift)  # SciPy gives NaN where it underflows
+    return float(scipy_stats.nct.sf(critical, df, shift) + np.nan_to_num(wrong_side))
+
+
+def detectable_difference(sd: float, n_pairs: int, test_train_ratio: float, target: float = 0.8,
+                          alpha: float = 1 - CONFIDENCE) -> float:
+    """The smallest true difference the test detects with probability `target` (NaN without a spread)."""
+    if not sd > 0 or n_pairs < 2:
+        return math.nan
+    high = corrected_se(sd, n_pairs, test_train_ratio)
+    while power(high, sd, n_pairs, test_train_ratio, alpha) < target:
+        high *= 2
+    return float(brentq(lambda d: power(d, sd, n_pairs, test_train_ratio, alpha) - target, 0.0, high, xtol=1e-10))

@@ -14,7 +14,8 @@ from crosssite.errors import CrossSiteError, DataError
 from crosssite.io import atomic_write
 
 SPLIT_KINDS = ("fold", "official")
-__all__ = ["SPLIT_PARTS", "SPLIT_KINDS", "fold_split", "official_split", "make_splits", "save_splits", "load_splits"]
+VAL_FOLDS = 5  # a fold split gives 1/VAL_FOLDS of the non-test part to validation (model selection)
+__all__ = ["SPLIT_PARTS", "SPLIT_KINDS", "VAL_FOLDS", "fold_split", "official_split", "make_splits", "save_splits", "load_splits"]
 
 
 def _group_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, fold: int, seed: int,
@@ -30,7 +31,7 @@ def _group_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, fold: int
     return next(splits)
 
 
-def fold_split(site: Site, fold: int, n_folds: int = 4, seed: int = 0, val_folds: int = 5,
+def fold_split(site: Site, fold: int, n_folds: int = 4, seed: int = 0, val_folds: int = VAL_FOLDS,
                group_duplicates: float | None = None, window=None) -> dict[str, list[int]]:
     """Test = fold `fold` of n_folds, val = 1/val_folds of the rest; grouped by patient so that no
     patient's slices leak across parts (sites without ids: each image is its own group).
