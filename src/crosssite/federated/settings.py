@@ -73,3 +73,31 @@ def load_settings(path: Path) -> FedSettings:
     if not isinstance(values, dict):
         raise CrossSiteError(f"{path}: expected a mapping of setting: value")
     return FedSettings.from_dict(values, source=str(path))
+
+
+_FLAG_HELP = {
+    "rounds": "rounds of local training and averaging (default %(default)s; the cosine schedule spans them)",
+    "epochs_per_round": "local epochs per round at each site (default %(default)s; FedBN's code: 1)",
+    "steps_per_round": "local steps per round instead of epochs (default 0: use --epochs-per-round)",
+    "weighting": "average by each site's training images (default, FedAvg) or uniformly (FedBN's code)",
+    "keep_optimizer": "keep each site's Adam state between rounds (default: keep)",
+    "min_sites": "fewest sites a round goes on with (default 0: all); the log names who took part",
+}
+
+
+def add_settings_flags(parser) -> None:
+    """A flag for every FedSettings field (crosssite federate)."""
+    import argparse
+
+    for f in dataclasses.fields(FedSettings):
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=_FLAG_HELP[f.name])
+        else:
+            parser.add_argument(flag, dest=f.name, type=type(default), default=default, help=_FLAG_HELP[f.name],
+                                **({"choices": WEIGHTINGS} if f.name == "weighting" else {}))
+
+
+def settings_from_args(args) -> FedSettings:
+    return FedSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FedSettings)})

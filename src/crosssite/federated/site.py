@@ -179,7 +179,7 @@ class SiteTrainer:
                 save_checkpoint(self.out / "best.pt", self.method, self.config, [self.name], epoch=self.round,
                                 site_epochs={}, val_mean_auc=float("nan"))
             metrics = test_best(self.config, self.data, self.out, self.device)
-        return EvaluateRes(self.name, self.round, {k: float(v) for k, v in metrics["sites"][self.name].items()})
+        return EvaluateRes(self.name, self.round, dict(metrics["sites"][self.name]))
 
     def _fit_result(self) -> FitRes:
         return FitRes(self.name, self.round, shared_state(self.method), self.num_examples, dict(self.stats),
