@@ -69,6 +69,7 @@ class Coordinator:
             came = ", ".join(r.site for r in results) or "none"
             raise CrossSiteError(f"{self.out}: round {self.round + 1}: {len(results)} of {len(self.site_names)} "
                                  f"sites replied ({came}), fewer than min_sites {needed}; rerun with --resume")
+        results = sorted(results, key=lambda r: r.site)  # the same sum, whichever site answered first
         weights = [float(r.num_examples) if self.settings.weighting == "images" else 1.0 for r in results]
         self.shared = average([r.shared for r in results], weights)
         self.extras = {r.site: r.extras for r in results if r.extras}

@@ -123,14 +123,13 @@ class FlowerTransport:
     def __init__(self, grid: Grid, timeout: float | None = None):
         self.grid, self.timeout = grid, timeout
         nodes = list(grid.get_node_ids())
-        probe = [grid.create_message(RecordDict({"config": ConfigRecord({KIND: "who"})}), MessageType.QUERY, n, "who")
-                 for n in nodes]
+        probe = [Message(RecordDict({"config": ConfigRecord({KIND: "who"})}), n, MessageType.QUERY) for n in nodes]
         self.node_of = {str(r.content["config"]["site"]): r.metadata.src_node_id
                         for r in grid.send_and_receive(probe, timeout=timeout) if not r.has_error()}
         self.sites = sorted(self.node_of)
 
     def _send(self, kind: str, contents: dict[str, RecordDict]) -> list:
-        messages = [self.grid.create_message(content, kind, self.node_of[site], kind) for site, content in contents.items()]
+        messages = [Message(content, self.node_of[site], kind) for site, content in contents.items()]
         return [decode_reply(r.content) for r in self.grid.send_and_receive(messages, timeout=self.timeout)
                 if not r.has_error()]
 
