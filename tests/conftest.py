@@ -142,7 +142,7 @@ def fed_config(tmp_path):
     from crosssite.config import TrainConfig
 
     def make(method="sepnorm", **changes):
-        return TrainConfig(method=method, out=str(tmp_path / "fed"), **{**TINY_SETTINGS, **changes})
+        return TrainConfig(method=method, **{**TINY_SETTINGS, "out": str(tmp_path / "fed"), **changes})
     return make
 
 
