@@ -33,6 +33,8 @@ def test_a_deployed_federation_over_tls_with_authenticated_nodes_equals_the_in_m
         while stranger.poll() is None and time.time() < deadline:
             time.sleep(1)
         assert stranger.poll() not in (None, 0)
+        refusals = (tmp_path / "flower" / "superlink.log").read_text()
+        assert "activate-node" in refusals and "Attempted to register SuperNode with public key" in refusals
     assert set(summary["sites"]) == set(sites)
 
     def losses(out):
