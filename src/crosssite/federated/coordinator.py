@@ -5,7 +5,9 @@ Folder (the federation's OUT, beside each site's OUT/SITE when they run on one m
   server.pt                      the global shared state after the last averaged round, which sites took
                                  part and their class means (contrastive): what a killed coordinator resumes from
   federation_log.jsonl           one line per round: the sites that took part, their averaging weights, their
-                                 round losses and validation AUC
+                                 round losses and validation AUC; `seconds`: the fit messages' wall time
+                                 (sites' local training, `fit.SITE.seconds`, included), `average_seconds`: averaging
+                                 and writing server.pt
   summary.json                   each site's test metrics of its best.pt (sent by the site) and their mean
 """
 
@@ -69,6 +71,7 @@ class Coordinator:
             came = ", ".join(r.site for r in results) or "none"
             raise CrossSiteError(f"{self.out}: round {self.round + 1}: {len(results)} of {len(self.site_names)} "
                                  f"sites replied ({came}), fewer than min_sites {needed}; rerun with --resume")
+        started = time.time()
         results = sorted(results, key=lambda r: r.site)  # the same sum, whichever site answered first
         weights = [float(r.num_examples) if self.settings.weighting == "images" else 1.0 for r in results]
         self.shared = average([r.shared for r in results], weights)
@@ -80,6 +83,7 @@ class Coordinator:
         self.seconds = seconds
         payload = {"round": self.round, "shared": self.shared, "took_part": self.took_part, "extras": self.extras}
         atomic_write(self.out / "server.pt", lambda tmp: torch.save(payload, tmp))
+        self.average_seconds = round(time.time() - started, 3)
 
     def close_round(self, validation: list[EvaluateRes]) -> None:
         """The round's line in federation_log.jsonl (once the sites have validated its averaged state)."""
@@ -87,7 +91,7 @@ class Coordinator:
                   "missing": [s for s in self.site_names if s not in self.took_part],
                   "weights": getattr(self, "weights", None), "fit": getattr(self, "fit_stats", None),
                   "val_auc": {r.site: r.metrics["val_auc"] for r in validation},
-                  "seconds": getattr(self, "seconds", None)}
+                  "seconds": getattr(self, "seconds", None), "average_seconds": getattr(self, "average_seconds", None)}
         append_jsonl(self.out / "federation_log.jsonl", record)
         self.logged = self.round
 
