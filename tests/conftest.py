@@ -134,3 +134,20 @@ def tiny_run(tmp_path_factory) -> Path:
     assert main(["train", "--method", "contrastive", "--data", str(SAMPLE_DATA), "--epochs", "2",
                  *TINY_TRAIN_FLAGS, "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture
+def fed_config(tmp_path):
+    """make(method, **changes): a federation's training settings at TINY_SETTINGS, out in tmp_path/fed."""
+    from crosssite.config import TrainConfig
+
+    def make(method="sepnorm", **changes):
+        return TrainConfig(method=method, **{**TINY_SETTINGS, "out": str(tmp_path / "fed"), **changes})
+    return make
+
+
+def tiny_fed(**changes):
+    """Federation settings for tests: two rounds of two local steps (seconds on a CPU), plus `changes`."""
+    from crosssite.federated.settings import FedSettings
+
+    return FedSettings(**{"rounds": 2, "steps_per_round": 2, **changes})

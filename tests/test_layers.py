@@ -23,6 +23,7 @@ LAYERS = [
     ("engine", ["distributed", "methods.", "inference", "checkpoint", "export_formats."], False),
     ("library", ["evaluate", "inputs", "exported"], False),
     ("training", ["train"], False),
+    ("federated", ["federated."], False),
     ("commands", ["predict", "export", "gradcam", "adapt", "audit", "card", "sweep"], True),
     ("report", ["report."], False),
     ("command line", ["cli", "__main__"], False),

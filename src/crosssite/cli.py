@@ -218,6 +218,20 @@ def cmd_sweep(args) -> None:
     print(f"results in {Path(args.out) / 'results.jsonl'}; tables and figures: crosssite report {args.out}")
 
 
+def cmd_federate(args) -> None:
+    from .federated.local import federate
+    from .federated.settings import settings_from_args
+
+    settings = settings_from_args(args)
+    config = config_from_args(args).replace(epochs=settings.rounds * settings.epochs_per_round)
+    if config.data is None and not config.sites:
+        raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH")
+    summary = federate(config, settings, resume=args.resume, progress=not args.quiet)
+    print(f"{config.out}: {summary['rounds']} rounds; each site's run folder is {config.out}/SITE "
+          f"(best.pt on its own validation AUC); test metrics of each site's best.pt:")
+    print(format_metrics(summary["sites"]))
+
+
 def cmd_report(args) -> None:
     from .report import load_results, primary_contrast, primary_lines, write_report
 
@@ -349,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep)
+
+    federate = sub.add_parser("federate", help="federated training: each site trains on its own images, shared "
+                              "weights are averaged (FedAvg for joint, FedBN for site-specific methods)")
+    federate.add_argument("--config", help="YAML training settings; flags override it")
+    add_setting_flags(federate, exclude=("epochs",))
+    from .federated.settings import add_settings_flags
+    add_settings_flags(federate)
+    federate.add_argument("--resume", action="store_true", help="continue the federation in --out")
+    federate.add_argument("--quiet", action="store_true", help="no progress bars")
+    federate.set_defaults(func=cmd_federate)
 
     report = sub.add_parser("report", help="Tables I-III and Figs. 3-5 of a sweep folder: report.md, CSV, LaTeX, PNG")
     report.add_argument("folder", help="the sweep's --out folder")

@@ -53,6 +53,8 @@ class Site:
     samples: list[Sample]
     # "train"/"val"/"test" -> indices into samples; only sites that ship one (COVID-CT).
     official_split: dict[str, list[int]] | None = None
+    #: the folder or CSV it was read from (read_site); crosssite.federated gives each site only its own
+    root: Path | None = None
 
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)
@@ -328,11 +330,10 @@ def read_site(path: Path, name: str, slices: str = "all") -> Site:
     if not path.exists():
         raise DataError(f"{path}: site path does not exist")
     layout = layout_of(path)
-    if layout == SARS_COV_2_CT:
-        return read_sars_cov_2_ct(path, name)
-    if layout == COVID_CT:
-        return read_covid_ct(path, name)
-    return read_generic(path, name, slices)
+    reader = {SARS_COV_2_CT: read_sars_cov_2_ct, COVID_CT: read_covid_ct}.get(layout)
+    site = reader(path, name) if reader else read_generic(path, name, slices)
+    site.root = path
+    return site
 
 
 def discover_sites(data_dir: Path) -> dict[str, Site]:

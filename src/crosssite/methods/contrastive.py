@@ -24,7 +24,11 @@ class Contrastive(SepNorm):
             logits = self.net.classify(emb)
             projections = self.net.project(emb)  # the projection head's batch norms are site-specific too
         ce = F.cross_entropy(logits, labels)
-        # under torchrun each process holds part of the batch: the loss compares the whole global batch
-        contrast = supervised_nt_xent(gather(projections), gather(labels), self.config.temperature)
+        contrast = self.contrastive_term(projections, labels)
         loss = ce + self.config.alpha * contrast
         return loss, {"loss": loss.detach(), "ce": ce.detach(), "contrastive": contrast.detach()}
+
+    def contrastive_term(self, projections: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The supervised NT-Xent of the step's projections (crosssite.federated adds other sites' class means)."""
+        # under torchrun each process holds part of the batch: the loss compares the whole global batch
+        return supervised_nt_xent(gather(projections), gather(labels), self.config.temperature)

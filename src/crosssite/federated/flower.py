@@ -1,0 +1,169 @@
+"""Flower (the [fed] extra) as the transport of crosssite's federated core: a ClientApp and a ServerApp.
+
+The core does the work (`site.SiteTrainer`, `coordinator.run_federation`); this module only turns its
+messages (crosssite.federated.messages) into Flower Messages and back. A SuperNode serves one site: its
+node config names the site's folder and run folder (`--node-config "site='NAME' path='FOLDER' out='DIR'"`),
+and the ClientApp builds that site's `SiteTrainer` from the run config's training settings. Every process
+crosssite starts sets FLWR_TELEMETRY_ENABLED=0 and FLWR_DISABLE_UPDATE_CHECK=1 (Flower phones home otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import CrossSiteError
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+try:
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+except ImportError:
+    raise CrossSiteError("Flower is not installed: federated training over Flower needs the [fed] extra "
+                         "(pip install 'crosssite[fed]'); `crosssite federate` without it runs in this process") from None
+
+from pathlib import Path
+
+from ..config import TrainConfig
+from .messages import EvaluateIns, EvaluateRes, FitIns, FitRes
+from .settings import FedSettings
+
+#: the kind of a message, beside Flower's type (train / evaluate): evaluate and finish share `evaluate`
+KIND = "kind"
+
+
+def _arrays(tensors: dict) -> ArrayRecord:
+    return ArrayRecord(torch_state_dict=dict(tensors)) if tensors else ArrayRecord()
+
+
+def _tensors(record: ArrayRecord) -> dict:
+    return dict(record.to_torch_state_dict()) if len(record) else {}
+
+
+def encode(message) -> RecordDict:
+    """A core message as Flower's RecordDict: tensors in ArrayRecords, numbers in MetricRecords, the rest in
+    a ConfigRecord. The decoded message equals the encoded one (tests/federated/test_flower.py)."""
+    if isinstance(message, FitIns):
+        return RecordDict({"shared": _arrays(message.shared), "peers": _arrays(message.peers),
+                           "config": ConfigRecord({KIND: "fit", "round": message.round})})
+    if isinstance(message, EvaluateIns):
+        return RecordDict({"shared": _arrays(message.shared),
+                           "config": ConfigRecord({KIND: "evaluate", "round": message.round})})
+    if isinstance(message, FitRes):
+        return RecordDict({"shared": _arrays(message.shared), "extras": _arrays(message.extras),
+                           "stats": MetricRecord({k: float(v) for k, v in message.stats.items()}),
+                           "config": ConfigRecord({KIND: "fit", "site": message.site, "round": message.round,
+                                                   "num_examples": message.num_examples})})
+    if isinstance(message, EvaluateRes):
+        return RecordDict({"metrics": MetricRecord({k: float(v) for k, v in message.metrics.items()}),
+                           "config": ConfigRecord({KIND: "evaluate", "site": message.site, "round": message.round})})
+    raise TypeError(f"not a federated message: {type(message).__name__}")
+
+
+def decode_instruction(content: RecordDict) -> FitIns | EvaluateIns | None:
+    """FitIns or EvaluateIns; None for the finish instruction (evaluate without weights)."""
+    config = content["config"]
+    if config[KIND] == "fit":
+        return FitIns(int(config["round"]), _tensors(content["shared"]), _tensors(content["peers"]))
+    if config[KIND] == "evaluate":
+        return EvaluateIns(int(config["round"]), _tensors(content["shared"]))
+    return None
+
+
+def decode_reply(content: RecordDict) -> FitRes | EvaluateRes:
+    config = content["config"]
+    if config[KIND] == "fit":
+        return FitRes(str(config["site"]), int(config["round"]), _tensors(content["shared"]),
+                      int(config["num_examples"]), dict(content["stats"]), _tensors(content["extras"]))
+    return EvaluateRes(str(config["site"]), int(config["round"]), dict(content["metrics"]))
+
+
+def site_trainer(context: Context):
+    """This SuperNode's site, built once per ClientApp process (it resumes from its folder's last.pt)."""
+    from .site import SiteTrainer, site_config
+
+    key = (context.run_id, context.node_config["out"])
+    if _TRAINERS.get("key") != key:
+        config = TrainConfig.from_dict(_settings(context.run_config, "train."), "run config")
+        settings = FedSettings.from_dict(_settings(context.run_config, "fed."), "run config")
+        node = context.node_config
+        own = site_config(config, str(node["site"]), Path(str(node["path"])), Path(str(node["out"])))
+        _TRAINERS.update(key=key, trainer=SiteTrainer(own, settings, resume=True))
+    return _TRAINERS["trainer"]
+
+
+_TRAINERS: dict = {}
+
+
+def _settings(run_config, prefix: str) -> dict:
+    import json
+
+    return {k[len(prefix):]: json.loads(v) for k, v in run_config.items() if k.startswith(prefix)}
+
+
+client_app = ClientApp()
+
+
+@client_app.train()
+def train(message: Message, context: Context) -> Message:
+    return message.create_reply(encode(site_trainer(context).fit(decode_instruction(message.content))))
+
+
+@client_app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    trainer = site_trainer(context)
+    ins = decode_instruction(message.content)
+    return message.create_reply(encode(trainer.finish() if ins is None else trainer.evaluate(ins)))
+
+
+class FlowerTransport:
+    """The coordinator's `Transport` over a Flower Grid: one message per site's node, replies in parallel."""
+
+    def __init__(self, grid: Grid, timeout: float | None = None):
+        self.grid, self.timeout = grid, timeout
+        nodes = list(grid.get_node_ids())
+        probe = [Message(RecordDict({"config": ConfigRecord({KIND: "who"})}), n, MessageType.QUERY) for n in nodes]
+        self.node_of = {str(r.content["config"]["site"]): r.metadata.src_node_id
+                        for r in grid.send_and_receive(probe, timeout=timeout) if not r.has_error()}
+        self.sites = sorted(self.node_of)
+
+    def _send(self, kind: str, contents: dict[str, RecordDict]) -> list:
+        messages = [Message(content, self.node_of[site], kind) for site, content in contents.items()]
+        return [decode_reply(r.content) for r in self.grid.send_and_receive(messages, timeout=self.timeout)
+                if not r.has_error()]
+
+    def fit(self, instructions: dict[str, FitIns]) -> list[FitRes]:
+        return self._send(MessageType.TRAIN, {s: encode(i) for s, i in instructions.items()})
+
+    def evaluate(self, instructions: dict[str, EvaluateIns]) -> list[EvaluateRes]:
+        return self._send(MessageType.EVALUATE, {s: encode(i) for s, i in instructions.items()})
+
+    def finish(self, sites: list[str]) -> list[EvaluateRes]:
+        finish = RecordDict({"config": ConfigRecord({KIND: "finish"})})
+        return self._send(MessageType.EVALUATE, {s: finish for s in sites})
+
+
+@client_app.query()
+def who(message: Message, context: Context) -> Message:
+    return message.create_reply(RecordDict({"config": ConfigRecord({"site": str(context.node_config["site"])})}))
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """The coordinator: OUT from the run config (`out`), settings from `train.*` / `fed.*` (JSON values)."""
+    from .coordinator import Coordinator, run_federation
+    from .local import prepare_federation
+    from .site import build_method
+    from .state import shared_state
+
+    config = TrainConfig.from_dict(_settings(context.run_config, "train."), "run config")
+    settings = FedSettings.from_dict(_settings(context.run_config, "fed."), "run config")
+    config = config.replace(out=str(context.run_config["out"]))
+    prepare_federation(config, settings, resume=True)  # a new OUT starts, an existing one continues
+    transport = FlowerTransport(grid)
+    coordinator = Coordinator(Path(config.out), settings, shared_state(build_method(config)), transport.sites)
+    run_federation(coordinator, transport)

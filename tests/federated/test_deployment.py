@@ -1,0 +1,45 @@
+"""The real deployment on 127.0.0.1: a TLS SuperLink with SuperNode authentication, one SuperNode per site
+reading only its own folder, `flwr run` of crosssite's ServerApp and ClientApp; the same losses as in-machine."""
+
+import json
+import time
+
+import pytest
+
+from crosssite.data.sites import SAMPLE_DATA, load_sites
+
+from conftest import tiny_fed
+
+pytest.importorskip("flwr", reason="the deployment needs the [fed] extra")
+
+
+def test_a_deployed_federation_over_tls_with_authenticated_nodes_equals_the_in_machine_one(fed_config, tmp_path):
+    from crosssite.federated.local import federate
+    from crosssite.federated.loopback import Deployment, write_app
+
+    settings = tiny_fed()
+    config = fed_config("sepnorm", out=str(tmp_path / "deployed"))
+    federate(config.replace(out=str(tmp_path / "local")), settings, progress=False)
+    sites = load_sites(SAMPLE_DATA, [])
+    with Deployment(tmp_path / "flower") as deployment:
+        deployment.start_superlink(["node-0", "node-1"])
+        for i, (name, site) in enumerate(sites.items()):
+            deployment.register(f"node-{i}")
+            deployment.start_supernode(f"node-{i}", name, site.root, tmp_path / "deployed" / name)
+        stranger = deployment.start_supernode("stranger", "stranger", SAMPLE_DATA / "covid-ct", tmp_path / "stranger")
+        summary = deployment.run(write_app(tmp_path / "app", config, settings), tmp_path / "deployed", timeout=400)
+        # a SuperNode whose key is not registered is refused: it gives up, and no site of that name took part
+        deadline = time.time() + 60
+        while stranger.poll() is None and time.time() < deadline:
+            time.sleep(1)
+        assert stranger.poll() not in (None, 0)
+        refusals = (tmp_path / "flower" / "superlink.log").read_text()
+        assert "activate-node" in refusals and "Attempted to register SuperNode with public key" in refusals
+    assert set(summary["sites"]) == set(sites)
+
+    def losses(out):
+        return {name: [(r["round"], r["loss"], r["val_mean_auc"]) for r in
+                       map(json.loads, (out / name / "train_log.jsonl").read_text().splitlines())] for name in sites}
+    assert losses(tmp_path / "deployed") == losses(tmp_path / "local")
+    log = [json.loads(line) for line in (tmp_path / "deployed" / "federation_log.jsonl").read_text().splitlines()]
+    assert [sorted(r["took_part"]) for r in log] == [sorted(sites)] * 2
