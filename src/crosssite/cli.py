@@ -197,6 +197,38 @@ def cmd_adapt(args) -> None:
           f"(AdaBN); predict with: crosssite predict {args.out} --site {record['site']} IMG ...")
 
 
+def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
+    """--launcher, and the --slurm-* flags from SlurmLauncher's fields (crosssite.slurm)."""
+    from .slurm import SlurmLauncher
+    from .sweep import LAUNCHERS
+
+    parser.add_argument("--launcher", choices=list(LAUNCHERS), default="local",
+                        help="where jobs run: local (this machine; --jobs, --devices) or slurm (a Slurm cluster "
+                             "through submitit, extra [slurm]; --slurm-*); not a sweep setting: a restart may change it")
+    group = parser.add_argument_group("--launcher slurm")
+    for f in dataclasses.fields(SlurmLauncher):
+        if "help" in f.metadata:
+            meta = f.metadata
+            group.add_argument(meta.get("flag", "--slurm-" + f.name.replace("_", "-")), dest="slurm_" + f.name,
+                               type=meta.get("parse") or {"int": int, "int | None": int}.get(f.type, str),
+                               action=meta.get("action", "store"), metavar=meta.get("metavar", f.name.upper()), help=meta["help"])
+
+
+def launcher_from_args(args):
+    """The --launcher named, built from its own flags; a flag of the other launcher is refused."""
+    from .sweep import LAUNCHERS
+
+    slurm = {name[len("slurm_"):]: v for name, v in vars(args).items() if name.startswith("slurm_")}
+    if slurm["options"] is not None:
+        slurm["options"] = dict(slurm["options"])
+    options = {"local": {"jobs": args.jobs, "devices": args.devices}, "slurm": slurm}
+    stray = sorted(k for name, given in options.items() if name != args.launcher for k, v in given.items() if v is not None)
+    if stray:
+        prefix = "slurm-" if args.launcher == "local" else ""
+        raise CrossSiteError(f"--{prefix}{stray[0].replace('_', '-')} does not apply to --launcher {args.launcher}")
+    return LAUNCHERS[args.launcher](**{k: v for k, v in options[args.launcher].items() if v is not None})
+
+
 def cmd_sweep(args) -> None:
     from .paper import select_rows
     from .sweep import parse_row_seeds, run_sweep
@@ -208,8 +240,8 @@ def cmd_sweep(args) -> None:
     seeds = preset.seeds if args.seeds is None else args.seeds
     rows = select_rows(args.rows)
     command = shlex.join(["crosssite", *sys.argv[1:]])
-    records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, jobs=args.jobs,
-                        devices=args.devices, row_seeds=parse_row_seeds(args.row_seeds, rows, seeds), command=command)
+    records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, launcher=launcher_from_args(args),
+                        row_seeds=parse_row_seeds(args.row_seeds, rows, seeds), command=command)
     failed = [r["job"] for r in records if r["status"] != "ok"]
     print(f"{args.out}: {len(records)} job(s) run, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
     print(f"results in {Path(args.out) / 'results.jsonl'}; tables and figures: crosssite report {args.out}")
@@ -339,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated devices, worker i on the i-th (cycled), e.g. cuda:0,cuda:1; "
         "default: auto for every worker (" + DEVICE_HELP + ")",
     )
+    add_launcher_flags(sweep)
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep)
 
