@@ -1,10 +1,11 @@
-"""The `crosssite` command line: train, evaluate, predict, export, card, demo, sweep, report, gradcam."""
+"""The `crosssite` command line: train, evaluate, predict, export, card, demo, sweep, report, tensorboard, gradcam."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -253,6 +254,15 @@ def cmd_report(args) -> None:
     print(f"wrote {write_report(Path(args.folder), args.examples)}")
 
 
+def cmd_tensorboard(args) -> None:
+    from .tensorboard import FOLDER, write_events
+
+    paths = [Path(p).resolve() for p in args.runs]
+    runs = write_events(paths)
+    print(f"wrote {FOLDER}/ event files in {len(runs)} run folder(s); view them with: "
+          f"tensorboard --logdir {shlex.quote(os.path.commonpath(paths))}")
+
+
 def cmd_gradcam(args) -> None:
     from .gradcam import gradcam_images
 
@@ -379,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("folder", help="the sweep's --out folder")
     report.add_argument("--examples", type=int, default=4, help="Grad-CAM images per site, correct and wrong each")
     report.set_defaults(func=cmd_report)
+
+    tensorboard = sub.add_parser("tensorboard", help="TensorBoard event files from run folders' train_log.jsonl "
+                                                     "(and metrics.json), e.g. of a whole sweep; extra [tensorboard]")
+    tensorboard.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP", help="run folders, or folders holding them")
+    tensorboard.set_defaults(func=cmd_tensorboard)
 
     gradcam = sub.add_parser("gradcam", help="Grad-CAM overlays (last conv stage) of images, one PNG each")
     gradcam.add_argument("checkpoint")

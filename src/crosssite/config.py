@@ -29,7 +29,7 @@ from .models.contract import IMAGE_SIZE_STEP, image_size_problem
 EVAL_BATCH_SIZE = 64
 
 #: settings of how a run executes, not of what it computes: `--resume` may change them
-EXECUTION_SETTINGS = ("cuda_graphs", "save_every")
+EXECUTION_SETTINGS = ("cuda_graphs", "save_every", "tensorboard")
 
 
 def parse_window(text: str) -> list[float]:
@@ -90,6 +90,9 @@ class TrainConfig:
     save_every: int = setting(  # crosssite.train.SavePacing
         0, "write last.pt (the resume state) every K epochs and after the last; 0: whenever the time since the "
            "last write reaches 20x what that write took (writing then costs at most 5 %%)")
+    tensorboard: bool = setting(  # crosssite.tensorboard
+        False, "also write the training curves as TensorBoard events into the run folder's tensorboard/ (extra "
+               "[tensorboard])")
 
     def validate(self) -> None:
         """Reject settings that would fail later, deep inside training (or, worse, train wrongly)."""
