@@ -234,9 +234,10 @@ def test_every_setting_has_one_flag_built_from_its_field(capsys):
                           pepx_relu=True, lr=0.01, weight_decay=0.1, grad_clip=3.0, temperature=0.2, alpha=0.3,
                           projection_head="linear", kd_temperature=4.0, kd_weight=0.25, group_duplicates=0.9,
                           eval_batch_size=7, tail_epochs=2, window=[400.0, 40.0], slices="::2", out="o",
-                          precision="bf16", cuda_graphs=False, save_every=3)
-    argv = ["train", "--site", "x=p", "--site", "y=q", "--pepx-relu", "--no-cuda-graphs", "--window", "400,40"]
-    special = {"sites", "pepx_relu", "cuda_graphs", "window"}
+                          precision="bf16", cuda_graphs=False, save_every=3, tensorboard=True)
+    argv = ["train", "--site", "x=p", "--site", "y=q", "--pepx-relu", "--no-cuda-graphs", "--window", "400,40",
+            "--tensorboard"]
+    special = {"sites", "pepx_relu", "cuda_graphs", "window", "tensorboard"}
     for f in fields:
         value = getattr(changed, f.name)
         assert value != getattr(TrainConfig(), f.name), f.name  # the check below would prove nothing

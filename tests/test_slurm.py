@@ -1,6 +1,7 @@
 """Sweeps through a real one-node Slurm on 127.0.0.1 (scripts/slurm_cluster.py): every job once, a preempted
 job requeued and resumed from its last.pt with the result of an uninterrupted run, restarts that gather."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -26,11 +27,32 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 import slurm_cluster  # noqa: E402
 
 ROWS = [ROW_BY_NAME["joint-redesign"], ROW_BY_NAME["contrastive"]]
-CONFIG = TrainConfig(**TINY_SETTINGS, epochs=2, folds=2, save_every=1)  # last.pt after epoch 1: a resume point
+# last.pt after epoch 1: a resume point; TensorBoard events: one run per job
+CONFIG = TrainConfig(**TINY_SETTINGS, epochs=2, folds=2, save_every=1, tensorboard=True)
 INTERRUPTED = "contrastive-fold0-seed0"
 TINY_FLAGS = ["--rows", "joint-redesign,contrastive", "--seeds", "1", "--folds", "2", "--epochs", "2",
               "--data", TINY_SETTINGS["data"], "--image-size", "32", "--width", "0.125", "--batch-per-site", "8",
               "--lr", "1e-3", "--quiet"]
+
+
+def test_launcher_flags_build_the_launcher_and_another_launchers_flags_are_refused(tmp_path, capsys):
+    from crosssite.cli import build_parser, launcher_from_args
+    from crosssite.slurm import SlurmLauncher
+    from crosssite.sweep import LocalLauncher
+
+    def launcher(*flags):
+        return launcher_from_args(build_parser().parse_args(["sweep", "--out", str(tmp_path), *flags]))
+
+    assert launcher() == LocalLauncher() and launcher("--jobs", "2") == LocalLauncher(jobs=2)
+    slurm = launcher("--launcher", "slurm", "--slurm-partition", "gpu", "--slurm-gpus", "1", "--slurm-time", "90",
+                     "--slurm-option", "constraint=a100", "--slurm-option", "exclusive")
+    assert slurm == SlurmLauncher(partition="gpu", gpus=1, time=90, options={"constraint": "a100", "exclusive": True})
+    assert slurm.parameters("x") == {"job_name": "x", "time": 90, "array_parallelism": 256, "partition": "gpu",
+                                     "gpus_per_node": 1, "additional_parameters": {"constraint": "a100", "exclusive": True}}
+    with pytest.raises(CrossSiteError, match="--slurm-partition does not apply to --launcher local"):
+        launcher("--slurm-partition", "gpu")
+    with pytest.raises(CrossSiteError, match="--jobs does not apply to --launcher slurm"):
+        launcher("--launcher", "slurm", "--jobs", "2")
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +133,10 @@ def test_sweep_through_slurm_requeues_a_preempted_job_which_ends_as_an_uninterru
     weights, expected = (load_checkpoint(folder / "best.pt")["model"] for folder in (job_folder, reference))
     assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
     assert not (job_folder / "last.pt").exists()
+    if importlib.util.find_spec("tensorboard"):  # each job's curves, the requeued one's with each epoch once
+        from test_tensorboard import scalars
+
+        assert all(scalars(out / "jobs" / name)["val/mean_auc"].keys() == {1, 2} for name in submitted)
 
     # a restart gathers a record the sweep did not see (it was stopped) and submits nothing
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
