@@ -55,6 +55,15 @@ def test_launcher_flags_build_the_launcher_and_another_launchers_flags_are_refus
         launcher("--launcher", "slurm", "--jobs", "2")
 
 
+def test_slurm_launcher_without_slurm_commands_is_one_clear_error(monkeypatch):
+    pytest.importorskip("submitit", reason="--launcher slurm needs the slurm extra: pip install -e '.[slurm]'")
+    from crosssite.slurm import SlurmLauncher
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(CrossSiteError, match="sbatch, squeue, srun not found"):
+        SlurmLauncher().check()
+
+
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """A one-node Slurm cluster for this module's tests, stopped (by PID) when they end."""
