@@ -55,10 +55,12 @@ def test_launcher_flags_build_the_launcher_and_another_launchers_flags_are_refus
         launcher("--launcher", "slurm", "--jobs", "2")
 
 
-def test_slurm_launcher_without_slurm_commands_is_one_clear_error(monkeypatch):
+def test_slurm_launcher_without_slurm_commands_or_with_bad_numbers_is_one_clear_error(monkeypatch):
     pytest.importorskip("submitit", reason="--launcher slurm needs the slurm extra: pip install -e '.[slurm]'")
     from crosssite.slurm import SlurmLauncher
 
+    with pytest.raises(CrossSiteError, match="--slurm-cpus 0, --slurm-gpus -1: too small"):
+        SlurmLauncher(cpus=0, gpus=-1).check()
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(CrossSiteError, match="sbatch, squeue, srun not found"):
         SlurmLauncher().check()

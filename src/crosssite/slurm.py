@@ -77,10 +77,12 @@ class SlurmLauncher:
         if missing := [p for p in ("sbatch", "squeue", "srun") if not shutil.which(p)]:
             raise CrossSiteError(f"--launcher slurm: {', '.join(missing)} not found; run the sweep on a machine "
                                  "that submits to Slurm (or set SLURM_CONF)")
-        small = [f"{k} {v}" for k, v in (("time", self.time), ("array_parallelism", self.array_parallelism),
-                                         ("cpus", self.cpus or 1)) if v < 1]
-        if small or self.gpus < 0:
-            raise CrossSiteError(f"--slurm-*: must be at least 1 (gpus at least 0), got {', '.join(small) or self.gpus}")
+        least = {"time": 1, "cpus": 1, "array_parallelism": 1, "gpus": 0}
+        small = [f"--slurm-{k.replace('_', '-')} {v}" for k, v in ((k, getattr(self, k)) for k in least)
+                 if v is not None and v < least[k]]
+        if small:
+            raise CrossSiteError(f"{', '.join(small)}: too small (time, cpus and array parallelism at least 1, gpus "
+                                 "at least 0)")
 
     def parameters(self, name: str) -> dict:
         """submitit.SlurmExecutor's parameters for the sweep's job array."""
