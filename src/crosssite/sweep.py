@@ -7,6 +7,7 @@ Sweep folder (`out`):
   results.jsonl   one JSON line per job that ended: settings, status ("ok" or "failed"), error,
                   wall time, code commit and per-site test metrics; `crosssite report` reads it
   jobs/NAME/      one `crosssite train` run folder per job, NAME = ROW-foldF-seedS
+  slurm/          --launcher slurm only: Slurm job ids and submitit's scripts and logs (crosssite.slurm)
 
 A restarted sweep skips finished jobs (metrics.json written and an "ok" line in results.jsonl),
 resumes an interrupted one from its last.pt and runs failed ones again. A finished job keeps
