@@ -21,10 +21,11 @@ LAYERS = [
     ("models", ["models.", "runtime"], False),
     ("settings", ["config", "presets", "paper", "preprocessing", "metrics", "scans"], False),
     ("engine", ["distributed", "methods.", "inference", "checkpoint", "export_formats."], False),
-    ("library", ["evaluate", "inputs", "exported"], False),
+    ("library", ["evaluate", "inputs", "exported", "tensorboard"], False),
     ("training", ["train"], False),
     ("federated", ["federated."], False),
     ("commands", ["predict", "export", "gradcam", "adapt", "audit", "card", "sweep"], True),
+    ("launchers", ["slurm", "launchers"], False),
     ("report", ["report."], False),
     ("command line", ["cli", "__main__"], False),
 ]

@@ -1,10 +1,11 @@
-"""The `crosssite` command line: train, evaluate, predict, export, card, demo, sweep, report, gradcam."""
+"""The `crosssite` command line: train, evaluate, predict, export, card, demo, sweep, report, tensorboard, gradcam."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -200,6 +201,38 @@ def cmd_adapt(args) -> None:
           f"(AdaBN); predict with: crosssite predict {args.out} --site {record['site']} IMG ...")
 
 
+def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
+    """--launcher, and the --slurm-* flags from SlurmLauncher's fields (crosssite.slurm)."""
+    from .slurm import SlurmLauncher
+    from .launchers import LAUNCHERS
+
+    parser.add_argument("--launcher", choices=list(LAUNCHERS), default="local",
+                        help="where jobs run: local (this machine; --jobs, --devices) or slurm (a Slurm cluster "
+                             "through submitit, extra [slurm]; --slurm-*); not a sweep setting: a restart may change it")
+    group = parser.add_argument_group("--launcher slurm")
+    for f in dataclasses.fields(SlurmLauncher):
+        if "help" in f.metadata:
+            meta = f.metadata
+            group.add_argument(meta.get("flag", "--slurm-" + f.name.replace("_", "-")), dest="slurm_" + f.name,
+                               type=meta.get("parse") or {"int": int, "int | None": int}.get(f.type, str),
+                               action=meta.get("action", "store"), metavar=meta.get("metavar", f.name.upper()), help=meta["help"])
+
+
+def launcher_from_args(args):
+    """The --launcher named, built from its own flags; a flag of the other launcher is refused."""
+    from .launchers import LAUNCHERS
+
+    slurm = {name[len("slurm_"):]: v for name, v in vars(args).items() if name.startswith("slurm_")}
+    if slurm["options"] is not None:
+        slurm["options"] = dict(slurm["options"])
+    options = {"local": {"jobs": args.jobs, "devices": args.devices}, "slurm": slurm}
+    stray = sorted(k for name, given in options.items() if name != args.launcher for k, v in given.items() if v is not None)
+    if stray:
+        prefix = "slurm-" if args.launcher == "local" else ""
+        raise CrossSiteError(f"--{prefix}{stray[0].replace('_', '-')} does not apply to --launcher {args.launcher}")
+    return LAUNCHERS[args.launcher](**{k: v for k, v in options[args.launcher].items() if v is not None})
+
+
 def cmd_sweep(args) -> None:
     from .paper import select_rows
     from .sweep import parse_row_seeds, run_sweep
@@ -211,8 +244,8 @@ def cmd_sweep(args) -> None:
     seeds = preset.seeds if args.seeds is None else args.seeds
     rows = select_rows(args.rows)
     command = shlex.join(["crosssite", *sys.argv[1:]])
-    records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, jobs=args.jobs,
-                        devices=args.devices, row_seeds=parse_row_seeds(args.row_seeds, rows, seeds), command=command)
+    records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, launcher=launcher_from_args(args),
+                        row_seeds=parse_row_seeds(args.row_seeds, rows, seeds), command=command)
     failed = [r["job"] for r in records if r["status"] != "ok"]
     print(f"{args.out}: {len(records)} job(s) run, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
     print(f"results in {Path(args.out) / 'results.jsonl'}; tables and figures: crosssite report {args.out}")
@@ -239,6 +272,15 @@ def cmd_report(args) -> None:
     contrast = primary_contrast(load_results(Path(args.folder)))
     if contrast is not None:  # the sweep holds docs/preregistration.md's pair: its analysis, as report.md has it
         print("\npre-registered comparison (docs/preregistration.md):\n" + "\n".join(primary_lines(contrast)).rstrip())
+
+
+def cmd_tensorboard(args) -> None:
+    from .tensorboard import FOLDER, write_events
+
+    paths = [Path(p).resolve() for p in args.runs]
+    runs = write_events(paths)
+    print(f"wrote {FOLDER}/ event files in {len(runs)} run folder(s); view them with: "
+          f"tensorboard --logdir {shlex.quote(os.path.commonpath(paths))}")
 
 
 def cmd_gradcam(args) -> None:
@@ -361,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated devices, worker i on the i-th (cycled), e.g. cuda:0,cuda:1; "
         "default: auto for every worker (" + DEVICE_HELP + ")",
     )
+    add_launcher_flags(sweep)
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep)
 
@@ -378,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("folder", help="the sweep's --out folder")
     report.add_argument("--examples", type=int, default=4, help="Grad-CAM images per site, correct and wrong each")
     report.set_defaults(func=cmd_report)
+
+    tensorboard = sub.add_parser("tensorboard", help="TensorBoard event files from run folders' train_log.jsonl "
+                                                     "(and metrics.json), e.g. of a whole sweep; extra [tensorboard]")
+    tensorboard.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP", help="run folders, or folders holding them")
+    tensorboard.set_defaults(func=cmd_tensorboard)
 
     gradcam = sub.add_parser("gradcam", help="Grad-CAM overlays (last conv stage) of images, one PNG each")
     gradcam.add_argument("checkpoint")
