@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed
+from . import decisions, distributed
 from .checkpoint import load_checkpoint, load_trained, save_checkpoint
 from .config import EXECUTION_SETTINGS, TrainConfig, load_config, save_config
 from .data.images import DecodedCache
@@ -307,6 +307,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
         save_checkpoint(out / "best.pt", method, config, names, epoch=config.epochs, site_epochs={},
                         val_mean_auc=float("nan"))
     distributed.barrier()  # torchrun: rank 0 has written best.pt
+    decisions.fit_run(out / "best.pt", data, config.eval_batch_size, device)  # calibration etc., on validation
     return test_best(config, data, out, device)
 
 
