@@ -15,6 +15,7 @@ from .config import EVAL_BATCH_SIZE, TrainConfig, load_config
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError, print_warning
+from .decisions import format_decisions
 from .metrics import format_metrics
 from .presets import PRESETS, get_preset
 from .runtime import ensure_malloc_tuning
@@ -145,6 +146,7 @@ def cmd_evaluate(args) -> None:
         if per_group:
             print(f"{level}-level ({result['aggregate']}, n = {level}s):")
             print(format_metrics(per_group))
+    print(format_decisions(result["decisions"]))
 
 
 def cmd_predict(args) -> None:

@@ -20,9 +20,12 @@ from .checkpoint import load_checkpoint, load_trained, rewrite_checkpoint
 from .config import EVAL_BATCH_SIZE
 from .errors import CrossSiteError
 from .inference import predict_proba
-from .operating_point import DEFAULT_RULE, DEFAULT_SENSITIVITY, FALLBACK, choose
+from .operating_point import DEFAULT_RULE, DEFAULT_SENSITIVITY, FALLBACK, choose, rates
+from .scans import AGGREGATE, TOP_K, level_groups
 
 DECISIONS_KEY = "decisions"
+#: where calibration and the operating point are measured: each image (slice), each scan, each patient
+LEVELS = ("image", "scan", "patient")
 UNCALIBRATED = "uncalibrated (no calibration map for this site: fit one with crosssite calibrate)"
 
 
@@ -79,3 +82,90 @@ def describe_calibration(decision: dict) -> str:
     if fitted is None:
         return UNCALIBRATED
     return f"Platt map fitted on {fitted['n']} images ({decision.get('fit_on', 'validation')})"
+
+
+def calibrated_rows(rows: list[dict], decision_of: dict[str, dict]) -> list[dict]:
+    """Prediction rows (site, label, p_covid, ...) with p_covid through their site's calibration map."""
+    out = []
+    for site in dict.fromkeys(r["site"] for r in rows):
+        mine = [r for r in rows if r["site"] == site]
+        probs = calibration.apply(decision_of[site]["calibration"], [float(r["p_covid"]) for r in mine])
+        out += [{**r, "p_covid": float(p)} for r, p in zip(mine, probs)]
+    return out
+
+
+def assess(rows: list[dict], decision_of: dict[str, dict], how: str = AGGREGATE, top_k: int = TOP_K) -> dict:
+    """Per level (image, scan, patient) and site: ECE and reliability bins before and after calibration,
+    and sensitivity / specificity at the site's operating point (after). `rows` hold raw P(COVID)."""
+    after_rows = calibrated_rows(rows, decision_of)
+    result = {"binning": calibration.describe_binning(), "levels": {}}
+    for level in LEVELS:
+        before, after = (_level_groups(r, level, how, top_k) for r in (rows, after_rows))
+        result["levels"][level] = {
+            site: {
+                "n": len(groups),
+                "calibrated": decision_of[site]["calibration"] is not None,
+                "ece_before": calibration.ece(*_labels_probs(groups)),
+                "ece_after": calibration.ece(*_labels_probs(after[site])),
+                "reliability_before": calibration.reliability(*_labels_probs(groups)),
+                "reliability_after": calibration.reliability(*_labels_probs(after[site])),
+                "threshold": decision_of[site]["operating_point"]["threshold"],
+                **rates(*_labels_probs(after[site]), decision_of[site]["operating_point"]["threshold"]),
+            }
+            for site, groups in before.items()
+        }
+    return result
+
+
+def _level_groups(rows: list[dict], level: str, how: str, top_k: int) -> dict[str, list[dict]]:
+    if level != "image":
+        return level_groups(rows, level, how, top_k)
+    by_site: dict[str, list[dict]] = {}
+    for r in rows:
+        by_site.setdefault(r["site"], []).append(r)
+    return by_site
+
+
+def _labels_probs(groups: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([int(g["label"]) for g in groups], dtype=int),
+            np.array([float(g["p_covid"]) for g in groups], dtype=np.float64))
+
+
+def ood_rates(trained, images_of: dict[str, np.ndarray], batch_size: int = EVAL_BATCH_SIZE) -> dict | None:
+    """Per site (its images, uint8 eval batch): the share of images flagged OOD against every site of
+    the model. None where a site of the model has no OOD threshold (or no site-specific batch norm)."""
+    thresholds = [(for_site(trained.payload, s)["ood"] or {}).get("threshold") for s in trained.site_names]
+    if not trained.method.site_batch_norms(0) or any(t is None for t in thresholds):
+        return None
+    result = {}
+    for site, images in images_of.items():
+        flagged = ood.flags(ood.image_distances(trained.method, images, batch_size), thresholds)
+        result[site] = {"flagged": int(flagged.sum()), "n": int(len(flagged)),
+                        "rate": float(flagged.mean()) if len(flagged) else float("nan")}
+    return result
+
+
+def format_decisions(assessed: dict) -> str:
+    """`assess`'s result (and its `ood`) as the text `crosssite evaluate` prints."""
+    lines = [f"calibration (per-site Platt map fitted on validation; ECE over {assessed['binning']}) and "
+             "the operating point:",
+             f"{'level':8}{'site':18}{'n':>5}{'ECE before':>12}{'ECE after':>11}{'threshold':>11}"
+             f"{'sensitivity':>13}{'specificity':>13}"]
+    for level, per_site in assessed["levels"].items():
+        for site, x in per_site.items():
+            after = f"{x['ece_after']:.3f}" if x["calibrated"] else "uncalib."
+            lines.append(f"{level:8}{site:18}{x['n']:>5}{x['ece_before']:>12.3f}{after:>11}{x['threshold']:>11.3f}"
+                         f"{100 * x['sensitivity']:>12.1f}%{100 * x['specificity']:>12.1f}%")
+    for site, x in assessed["levels"]["image"].items():
+        for when in ("before", "after"):
+            bins = "  ".join(f"{b['low']:.1f}-{b['high']:.1f}: {b['mean_p']:.2f}/{b['fraction_covid']:.2f} "
+                             f"(n {b['n']})" for b in x[f"reliability_{when}"])
+            lines.append(f"reliability {site} {when} (bin: mean P(COVID) / fraction COVID): {bins}")
+    if assessed.get("ood") is None:
+        lines.append("out-of-distribution flag: not available (no OOD thresholds in this checkpoint, or no "
+                     "site-specific batch norm)")
+    else:
+        lines.append(f"out-of-distribution flag (beyond every site's {ood.QUANTILE:g} quantile of its own "
+                     "validation images' distance): " + ", ".join(
+                         f"{site} {x['flagged']}/{x['n']} ({100 * x['rate']:.1f} %)" for site, x in assessed["ood"].items()))
+    return "\n".join(lines)
