@@ -15,7 +15,7 @@ from .config import EVAL_BATCH_SIZE, TrainConfig, load_config
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError, print_warning
-from .decisions import format_decisions
+from .decision_report import format_decisions
 from .metrics import format_metrics
 from .presets import PRESETS, get_preset
 from .runtime import ensure_malloc_tuning

@@ -144,28 +144,3 @@ def ood_rates(trained, images_of: dict[str, np.ndarray], batch_size: int = EVAL_
                         "rate": float(flagged.mean()) if len(flagged) else float("nan")}
     return result
 
-
-def format_decisions(assessed: dict) -> str:
-    """`assess`'s result (and its `ood`) as the text `crosssite evaluate` prints."""
-    lines = [f"calibration (per-site Platt map fitted on validation; ECE over {assessed['binning']}) and "
-             "the operating point:",
-             f"{'level':8}{'site':18}{'n':>5}{'ECE before':>12}{'ECE after':>11}{'threshold':>11}"
-             f"{'sensitivity':>13}{'specificity':>13}"]
-    for level, per_site in assessed["levels"].items():
-        for site, x in per_site.items():
-            after = f"{x['ece_after']:.3f}" if x["calibrated"] else "uncalib."
-            lines.append(f"{level:8}{site:18}{x['n']:>5}{x['ece_before']:>12.3f}{after:>11}{x['threshold']:>11.3f}"
-                         f"{100 * x['sensitivity']:>12.1f}%{100 * x['specificity']:>12.1f}%")
-    for site, x in assessed["levels"]["image"].items():
-        for when in ("before", "after"):
-            bins = "  ".join(f"{b['low']:.1f}-{b['high']:.1f}: {b['mean_p']:.2f}/{b['fraction_covid']:.2f} "
-                             f"(n {b['n']})" for b in x[f"reliability_{when}"])
-            lines.append(f"reliability {site} {when} (bin: mean P(COVID) / fraction COVID): {bins}")
-    if assessed.get("ood") is None:
-        lines.append("out-of-distribution flag: not available (no OOD thresholds in this checkpoint, or no "
-                     "site-specific batch norm)")
-    else:
-        lines.append(f"out-of-distribution flag (beyond every site's {ood.QUANTILE:g} quantile of its own "
-                     "validation images' distance): " + ", ".join(
-                         f"{site} {x['flagged']}/{x['n']} ({100 * x['rate']:.1f} %)" for site, x in assessed["ood"].items()))
-    return "\n".join(lines)
