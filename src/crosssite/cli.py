@@ -17,6 +17,7 @@ from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError, print_warning
 from .decision_report import format_decisions
 from .metrics import format_metrics
+from .pacs import DEFAULT_CALLED_AE, DEFAULT_CALLING_AE
 from .presets import PRESETS, get_preset
 from .runtime import ensure_malloc_tuning
 
@@ -152,20 +153,43 @@ def cmd_evaluate(args) -> None:
 def cmd_predict(args) -> None:
     from .predict import predict_images
 
+    if args.send and not args.dicom_out:
+        raise CrossSiteError("--send stores the SRs of --dicom-out DIR: give --dicom-out too")
     rows = predict_images(Path(args.checkpoint), args.site, [Path(p) for p in args.images], args.batch_size,
                           compile=args.compile, device=args.device, how=args.aggregate, top_k=args.top_k,
-                          backend=args.backend)
+                          backend=args.backend, threshold=args.threshold)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         if "bn_distance" in rows[0]:
             distances = ", ".join(f"{n} {d:.4g}" for n, d in rows[0]["bn_distance"].items())
             print(f"site auto: {rows[0]['site']} (batch-norm distance: {distances})", file=sys.stderr)
+        for line in dict.fromkeys(f"site {r['site']}: threshold {r['threshold']:.4g} ({r['operating_point']}); "
+                                  f"{r['calibration']}" for r in rows):
+            print(line, file=sys.stderr)
         for r in rows:
             for s in r.get("slices", []):
-                print(f"{s['path']}\tP(COVID)={s['p_covid']:.4f}\t{s['label']}")
+                print(f"{s['path']}\tP(COVID)={s['p_covid']:.4f}\t{s['label']}{ood_note(s)}")
             scan_note = f"\tscan: {r['aggregate']} of {len(r['slices'])}" if "slices" in r else ""
-            print(f"{r['path']}\tP(COVID)={r['p_covid']:.4f}\t{r['label']}{scan_note}")
+            print(f"{r['path']}\tP(COVID)={r['p_covid']:.4f}\t{r['label']}{ood_note(r)}{scan_note}")
+    if args.dicom_out:
+        from .dicom_sr import write_reports
+        from .predict import model_facts
+
+        written, notes = write_reports(rows, Path(args.dicom_out), model_facts(Path(args.checkpoint), args.backend))
+        for note in notes:
+            print(f"crosssite: note: {note}", file=sys.stderr)
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
+        if args.send and written:
+            from .pacs import send
+
+            send(written, args.send, args.called_ae, args.calling_ae)
+            print(f"sent {len(written)} SR(s) to {args.called_ae}@{args.send}", file=sys.stderr)
+
+
+def ood_note(row: dict) -> str:
+    return {None: "", False: "", True: "\tOUT-OF-DISTRIBUTION (far from every training site)"}[row.get("ood")]
 
 
 def cmd_export(args) -> None:
@@ -297,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--backend", choices=BACKENDS, default="torch",
                          help="torch (a checkpoint), or exports of `crosssite export` on the CPU: onnxruntime "
                               "(--format onnx; extra [onnx]) or torchscript (--format torchscript)")
+    predict.add_argument("--threshold", type=float, metavar="P",
+                         help="call COVID at calibrated P(COVID) >= P instead of the site's operating point "
+                              "chosen on validation (crosssite calibrate; docs/pacs.md)")
+    predict.add_argument("--dicom-out", metavar="DIR", type=path_text,
+                         help="write one DICOM Structured Report per DICOM series read into DIR (extra [dicom-out])")
+    predict.add_argument("--send", metavar="HOST:PORT", help="C-STORE the SRs of --dicom-out to this PACS")
+    predict.add_argument("--called-ae", default=DEFAULT_CALLED_AE, help="the PACS's AE title (default %(default)s)")
+    predict.add_argument("--calling-ae", default=DEFAULT_CALLING_AE, help="crosssite's AE title (default %(default)s)")
     predict.set_defaults(func=cmd_predict)
 
     from .export import FORMATS as EXPORT_FORMATS

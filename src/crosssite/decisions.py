@@ -18,6 +18,7 @@ import numpy as np
 from . import calibration, distributed, ood
 from .checkpoint import load_checkpoint, load_trained, rewrite_checkpoint
 from .config import EVAL_BATCH_SIZE
+from .data.sites import LABEL_NAMES
 from .errors import CrossSiteError
 from .inference import predict_proba
 from .operating_point import DEFAULT_RULE, DEFAULT_SENSITIVITY, FALLBACK, choose, rates
@@ -144,3 +145,32 @@ def ood_rates(trained, images_of: dict[str, np.ndarray], batch_size: int = EVAL_
                         "rate": float(flagged.mean()) if len(flagged) else float("nan")}
     return result
 
+
+
+def decide_rows(inputs, raw_probs, decision: dict, distances=None, ood_thresholds=None, how: str = AGGREGATE,
+                top_k: int = TOP_K, extra: dict | None = None, threshold: float | None = None) -> list[dict]:
+    """predict's rows (crosssite.predict.result_rows) from the raw P(COVID) of every image / slice, decided
+    with the predicting site's `decision`: P(COVID) calibrated (the raw one kept as p_uncalibrated), the
+    label at its operating point (or at `threshold`, given), and, where `distances` (N, sites) and every
+    site's OOD threshold are known, the OOD flag of each image, slice and scan (crosssite.ood)."""
+    from .predict import result_rows
+
+    raw = np.asarray(raw_probs, dtype=np.float64)
+    probs = calibration.apply(decision["calibration"], raw)
+    cut = decision["operating_point"]["threshold"] if threshold is None else float(threshold)
+    flagged = ood.flags(distances, ood_thresholds or [])
+    rows = result_rows(inputs, probs, how, top_k, extra)
+    first = 0
+    for row, (scan, paths) in zip(rows, inputs, strict=True):
+        members = row["slices"] if scan is not None else [row]
+        for k, member in enumerate(members):
+            member.update(p_uncalibrated=float(raw[first + k]), label=LABEL_NAMES[int(member["p_covid"] >= cut)],
+                          ood=None if flagged is None else bool(flagged[first + k]))
+        row["label"] = LABEL_NAMES[int(row["p_covid"] >= cut)]
+        if scan is not None:
+            row["ood"] = None if flagged is None else bool(ood.flags(
+                ood.scan_distances(distances[first:first + len(paths)])[None], ood_thresholds)[0])
+        row.update(threshold=cut, operating_point=decision["operating_point"]["rule"] if threshold is None
+                   else f"--threshold {threshold:g}", calibration=describe_calibration(decision))
+        first += len(paths)
+    return rows

@@ -19,6 +19,7 @@ schemes with the 99 prefix); the others are SNOMED CT and UCUM codes.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def structured_report(sources: list, result: dict, model: dict):
 
     `sources`: the series' headers (pydicom datasets, as crosssite.data.volumes.dicom_headers gives them);
     `result`: the scan's predict row (p_covid calibrated, label, threshold, ood, site);
-    `model`: name, version, training_sites, checkpoint_sha256, operating_point, calibration (text).
+    `model`: model_facts' name, version, training_sites, checkpoint_sha256, and the operating_point and
+    calibration texts of the predicting site.
     """
     hd = _highdicom()
     from pydicom import Dataset
@@ -133,3 +135,39 @@ def write_report(folder: Path, sources: list, result: dict, model: dict) -> Path
     path = folder / f"SR_{sr.SOPInstanceUID}.dcm"
     atomic_write(path, lambda tmp: sr.save_as(tmp, enforce_file_format=True))
     return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_facts(method: str, backbone: str, site_names: list[str], adapted: list[str], checkpoint_sha256: str) -> dict:
+    """What the SR says about the model (structured_report's `model`, less the per-site decision texts)."""
+    return {"name": f"crosssite {method} ({backbone})", "version": __version__,
+            "training_sites": [s for s in site_names if s not in adapted]
+                              + [f"{s} (batch norms adapted, unlabelled)" for s in adapted],
+            "checkpoint_sha256": checkpoint_sha256}
+
+
+def write_reports(rows: list[dict], folder: Path, model: dict) -> tuple[list[Path], list[str]]:
+    """One SR per DICOM series among predict's rows (its slices' headers as evidence); returns the files
+    written and one note per input that got none (an image file, a NIfTI or MetaImage volume)."""
+    from .data.volumes import dicom_headers, parse_slice
+
+    written, notes = [], []
+    for row in rows:
+        if "slices" not in row:
+            notes.append(f"{row['path']}: not a DICOM series (an image file): no SR")
+            continue
+        headers = dicom_headers(row["path"])
+        if headers is None:
+            notes.append(f"{row['path']}: not a DICOM series (a volume file): no SR")
+            continue
+        sources = [headers[parse_slice(s["path"])[1]] for s in row["slices"]]
+        written.append(write_report(folder, sources, row, {**model, "operating_point": row["operating_point"],
+                                                           "calibration": row["calibration"]}))
+    return written, notes

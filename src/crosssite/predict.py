@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import decisions, ood
 from .checkpoint import load_trained
 from .config import EVAL_BATCH_SIZE
 from .data.images import DecodedCache
@@ -122,14 +123,17 @@ def result_rows(inputs, probs, how: str = AGGREGATE, top_k: int = TOP_K, extra: 
 
 def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = EVAL_BATCH_SIZE,
                    compile: bool = False, device: str = "auto", how: str = AGGREGATE, top_k: int = TOP_K,
-                   backend: str = "torch") -> list[dict]:
-    """One dict per image or scan: path, P(COVID) and predicted label (P(COVID) >= 0.5).
+                   backend: str = "torch", threshold: float | None = None) -> list[dict]:
+    """One dict per image or scan: path, calibrated P(COVID) and label at the site's operating point
+    (crosssite.decisions.decide_rows: also p_uncalibrated, threshold, operating_point, calibration, the
+    OOD flag `ood` (None where the model has no OOD thresholds) and `site`, whose batch norms predicted).
+    `threshold` overrides the stored operating point.
 
     A scan (series folder, volume, each series of a DICOMDIR) is predicted slice by slice (the checkpoint's
     window and slice selection); its row's P(COVID) aggregates them (`how`, `top_k`: crosssite.scans)
     and `slices` holds one row per slice.
     `device`: where the network runs (see crosssite.distributed.device; "auto" = a GPU when there is one).
-    With site "auto" every row also carries the chosen `site` and `bn_distance`, each known site's distance.
+    With site "auto" every row also carries `bn_distance`, each known site's distance.
     `backend` "onnxruntime" / "torchscript": `checkpoint` is an export of that format or a folder of them
     (crosssite.exported; the CPU, the window and slices of the export's metadata), and a `device` or
     `compile` other than the defaults is refused, not ignored.
@@ -161,4 +165,19 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
         distances = bn_distances(method, batch, batch_size)
         index = int(np.argmin(distances))
         extra = {"site": site_names[index], "bn_distance": dict(zip(site_names, distances))}
-    return result_rows(inputs, predict_proba(method, batch, index, batch_size, compile=compile), how, top_k, extra)
+    ood_thresholds = [(decisions.for_site(trained.payload, s)["ood"] or {}).get("threshold") for s in site_names]
+    image_distances = (ood.image_distances(method, batch, batch_size)
+                       if method.site_batch_norms(0) and None not in ood_thresholds else None)
+    return decisions.decide_rows(inputs, predict_proba(method, batch, index, batch_size, compile=compile),
+                                 decisions.for_site(trained.payload, site_names[index]), image_distances,
+                                 ood_thresholds, how, top_k, {"site": site_names[index], **extra}, threshold)
+
+
+def model_facts(checkpoint: Path, backend: str = "torch") -> dict:
+    """What a DICOM SR says about the model behind `checkpoint` (crosssite.dicom_sr.model_facts)."""
+    from .checkpoint import load_checkpoint
+    from .dicom_sr import model_facts as facts, sha256_of
+
+    payload = load_checkpoint(checkpoint)
+    return facts(payload["method"], payload["config"].get("backbone", "covidnet"), payload["site_names"],
+                 [a["site"] for a in payload.get("adaptations", [])], sha256_of(checkpoint))
