@@ -45,7 +45,7 @@ def test_predict_prints_path_probability_and_label(run, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
     for line, image in zip(lines, images):
-        path, prob, label = line.split("\t")
+        path, prob, label, *ood_flag = line.split("\t")  # a 4th column only for an out-of-distribution image
         assert path == str(image)
         assert 0.0 <= float(prob.removeprefix("P(COVID)=")) <= 1.0
         assert label in ("COVID", "NonCOVID")

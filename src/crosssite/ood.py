@@ -5,7 +5,7 @@ divergence between the Gaussian of a batch norm's incoming activations and s's r
 averaged over channels and then over the site's batch norms on the prediction path), computed from the
 one image's activations (per channel, over its spatial positions) instead of a whole set's.
 At the end of training each site's threshold is the QUANTILE of the distances of its own validation
-images to it; an image is flagged when its distance to every known site exceeds that site's threshold.
+images to it (numpy's "higher" quantile: at most 1 - QUANTILE of them lie beyond it); an image is flagged when its distance to every known site exceeds that site's threshold.
 A scan's distance to a site is the median of its slices' (it is flagged when, for every site, most
 of its slices are beyond the threshold). Only models with site-specific batch norm carry the statistics.
 """
@@ -65,7 +65,8 @@ def image_distances(method, images: np.ndarray, batch_size: int = EVAL_BATCH_SIZ
 
 def threshold(own_distances: np.ndarray, quantile: float = QUANTILE) -> dict:
     """A site's OOD record from its validation images' distances to it."""
-    return {"quantile": quantile, "threshold": float(np.quantile(own_distances, quantile)),
+    # "higher": a validation distance itself, so that at most 1 - quantile of them lie beyond it
+    return {"quantile": quantile, "threshold": float(np.quantile(own_distances, quantile, method="higher")),
             "n": int(len(own_distances))}
 
 
