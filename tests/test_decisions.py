@@ -101,3 +101,41 @@ def test_evaluate_shows_ece_before_and_after_and_the_ood_rate(tiny_run, capsys):
         assert sum(b["n"] for b in x["reliability_after"]) == 40
     for x in result["ood"].values():
         assert x["n"] == 40 and 0 <= x["rate"] <= 1
+
+
+def test_calibrate_refits_with_another_rule_into_a_new_file(tiny_run, tmp_path, capsys):
+    out = tmp_path / "youden.pt"
+    assert main(["calibrate", str(tiny_run / "best.pt"), "--rule", "youden", "--out", str(out)]) == 0
+    assert "Youden's J on validation" in capsys.readouterr().out
+    stored = load_checkpoint(out)[decisions.DECISIONS_KEY]
+    assert all(d["operating_point"]["rule"] == "Youden's J on validation" for d in stored.values())
+    assert "sensitivity >= 0.95" in decisions.for_site(load_checkpoint(tiny_run / "best.pt"), "covid-ct")[
+        "operating_point"]["rule"]  # the source is left as it was
+
+
+def test_a_site_added_by_adapt_is_uncalibrated_until_calibrate_fits_it_on_a_labelled_set(
+        tiny_run, ct_series_site, tmp_path, capsys):
+    adapted, calibrated = tmp_path / "adapted.pt", tmp_path / "calibrated.pt"
+    series = [str(p) for p in sorted(ct_series_site.parent.iterdir()) if p.is_dir()][:1]
+    assert main(["adapt", str(tiny_run / "best.pt"), "--site", f"hospital={ct_series_site.parent}",
+                 "--out", str(adapted)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(adapted), "--site", "hospital", "--json", *series]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["calibration"].startswith("uncalibrated") and row["threshold"] == 0.5 and row["ood"] is None
+    assert main(["calibrate", str(adapted), "--site", f"hospital={ct_series_site}", "--out", str(calibrated)]) == 0
+    assert "hospital:" in capsys.readouterr().out
+    decision = decisions.for_site(load_checkpoint(calibrated), "hospital")
+    assert decision["operating_point"]["n"] == 48 and decision["fit_on"].startswith("labelled set")
+    assert main(["predict", str(calibrated), "--site", "hospital", "--json", *series]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["threshold"] == decision["operating_point"]["threshold"] and row["ood"] in (True, False)
+
+
+def test_calibrate_without_a_split_or_with_an_unknown_site_is_one_line(tiny_run, tmp_path, capsys):
+    alone = tmp_path / "alone.pt"
+    alone.write_bytes((tiny_run / "best.pt").read_bytes())
+    assert main(["calibrate", str(alone)]) == 2
+    assert "no split.json beside it" in capsys.readouterr().err
+    assert main(["calibrate", str(alone), "--site", f"mars={SAMPLE_DATA / 'covid-ct'}"]) == 2
+    assert "unknown site 'mars'" in capsys.readouterr().err

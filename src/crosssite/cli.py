@@ -1,4 +1,4 @@
-"""The `crosssite` command line: train, evaluate, predict, export, card, demo, sweep, report, gradcam."""
+"""The `crosssite` command line: train, evaluate, predict, export, card, demo, sweep, report, gradcam, calibrate, ..."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError, print_warning
 from .decision_report import format_decisions
 from .metrics import format_metrics
+from .operating_point import DEFAULT_RULE, DEFAULT_SENSITIVITY, RULES
 from .pacs import DEFAULT_CALLED_AE, DEFAULT_CALLING_AE
 from .presets import PRESETS, get_preset
 from .runtime import ensure_malloc_tuning
@@ -223,6 +224,20 @@ def cmd_adapt(args) -> None:
           f"(AdaBN); predict with: crosssite predict {args.out} --site {record['site']} IMG ...")
 
 
+def cmd_calibrate(args) -> None:
+    from .decisions import calibrate_checkpoint
+
+    out = Path(args.out or args.checkpoint)
+    fitted = calibrate_checkpoint(Path(args.checkpoint), args.sites, out, args.rule, args.sensitivity, args.batch_size)
+    for site, d in fitted.items():
+        cal = d["calibration"]
+        cal_text = f"Platt a={cal['a']:.3g} b={cal['b']:.3g}" if cal else "no calibration map (a class missing)"
+        ood_text = f"OOD threshold {d['ood']['threshold']:.4g}" if d["ood"] else "no OOD threshold"
+        print(f"{site}: {cal_text}; threshold {d['operating_point']['threshold']:.4g} "
+              f"({d['operating_point']['rule']}); {ood_text}; fitted on {d['fit_on']}")
+    print(f"wrote {out}")
+
+
 def cmd_sweep(args) -> None:
     from .paper import select_rows
     from .sweep import parse_row_seeds, run_sweep
@@ -407,6 +422,20 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--out", required=True, type=path_text, help="new checkpoint file")
     adapt.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
     adapt.set_defaults(func=cmd_adapt)
+
+    calibrate = sub.add_parser("calibrate", help="fit a checkpoint's calibration map, operating point and OOD "
+                                                  "threshold per site, on validation or a labelled set")
+    calibrate.add_argument("checkpoint")
+    calibrate.add_argument("--site", dest="sites", action="append", default=[], metavar="NAME=PATH",
+                           help="fit site NAME of the checkpoint (e.g. one added by adapt) on every image of the "
+                                "labelled set PATH; repeatable (default: every site on the run's validation part)")
+    calibrate.add_argument("--rule", choices=sorted(RULES), default=DEFAULT_RULE,
+                           help="operating point: a target sensitivity on validation, or Youden's J")
+    calibrate.add_argument("--sensitivity", type=float, default=DEFAULT_SENSITIVITY,
+                           help="the target of --rule sensitivity (default %(default)s)")
+    calibrate.add_argument("--out", type=path_text, help="checkpoint to write (default: update CHECKPOINT)")
+    calibrate.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
+    calibrate.set_defaults(func=cmd_calibrate)
 
     params = sub.add_parser("params", help="total, shared and per-site parameter counts of methods")
     params.add_argument("--method", dest="methods", action="append", help="a method (repeatable; default: all)")

@@ -52,16 +52,19 @@ def fit_run(checkpoint: Path, data, batch_size: int = EVAL_BATCH_SIZE, device: s
             rule: str = DEFAULT_RULE, sensitivity: float = DEFAULT_SENSITIVITY) -> dict:
     """Fit every site of a run (crosssite.evaluate.RunData) on its validation part and store the result in
     `checkpoint` (the trainer calls this on best.pt before testing it); return the decisions."""
-    trained = load_trained(checkpoint, device)
-    decisions = {
-        name: fit_site(trained.method, trained.site_index(name), data.cache.eval_batch(data.paths(name, "val")),
-                       data.labels(name, "val"), "validation part of the run's split", batch_size, rule, sensitivity)
-        for name in data.site_names
-    }
+    decisions = fit_validation(load_trained(checkpoint, device), data, batch_size, rule, sensitivity)
     if distributed.is_main():
         store(checkpoint, decisions)
     distributed.barrier()
     return decisions
+
+
+def fit_validation(trained, data, batch_size: int = EVAL_BATCH_SIZE, rule: str = DEFAULT_RULE,
+                   sensitivity: float = DEFAULT_SENSITIVITY) -> dict:
+    """Every site of `data` (a RunData) fitted on its validation part, predicted with its own batch norms."""
+    return {name: fit_site(trained.method, trained.site_index(name), data.cache.eval_batch(data.paths(name, "val")),
+                           data.labels(name, "val"), "validation part of the run's split", batch_size, rule, sensitivity)
+            for name in data.site_names}
 
 
 def store(checkpoint: Path, decisions: dict, out: Path | None = None) -> None:
@@ -174,3 +177,48 @@ def decide_rows(inputs, raw_probs, decision: dict, distances=None, ood_threshold
                    else f"--threshold {threshold:g}", calibration=describe_calibration(decision))
         first += len(paths)
     return rows
+
+
+def calibrate_checkpoint(checkpoint: Path, site_args: list[str] | None = None, out: Path | None = None,
+                         rule: str = DEFAULT_RULE, sensitivity: float = DEFAULT_SENSITIVITY,
+                         batch_size: int = EVAL_BATCH_SIZE) -> dict:
+    """`crosssite calibrate`: fit decisions and write them into `out` (default: `checkpoint` itself).
+
+    Without `site_args`, every site of the checkpoint on the validation part of the run's split (the
+    split.json beside it), as training does. With NAME=PATH arguments, site NAME of the checkpoint (for
+    one added by `crosssite adapt`) on every image of the labelled set PATH (a site folder or CSV,
+    crosssite.data.sites.read_site), which should be a set of that hospital's cases kept for this.
+    """
+    from .data.images import DecodedCache
+    from .data.sites import load_sites, parse_site_arg, read_site
+    from .data.splits import load_splits
+    from .evaluate import RunData
+
+    checkpoint = Path(checkpoint)
+    trained = load_trained(checkpoint)
+    config = trained.config
+    cache = DecodedCache(config.image_size, config.window)
+    if site_args:
+        decisions = {}
+        for arg in site_args:
+            name, path = parse_site_arg(arg)
+            index = trained.site_index(name)
+            site = read_site(path, name, config.slices)
+            decisions[name] = fit_site(trained.method, index, cache.eval_batch([s.path for s in site.samples]),
+                                       site.labels(), f"labelled set {path} (all {len(site)} images)",
+                                       batch_size, rule, sensitivity)
+    else:
+        split = checkpoint.parent / "split.json"
+        if not split.is_file():
+            raise CrossSiteError(f"{checkpoint}: no split.json beside it, so its validation part is unknown; "
+                                 "give a labelled set per site with --site NAME=PATH")
+        sites = load_sites(Path(config.data) if config.data else None, config.sites, config.slices)
+        missing = [n for n in trained.site_names if n not in sites]
+        if missing:
+            raise CrossSiteError(f"{checkpoint}: site(s) {', '.join(missing)} not in the run's data; give a "
+                                 "labelled set for each with --site NAME=PATH")
+        sites = {n: sites[n] for n in trained.site_names}
+        decisions = fit_validation(trained, RunData(sites, load_splits(split, sites), cache), batch_size, rule,
+                                   sensitivity)
+    store(checkpoint, decisions, out)
+    return decisions
