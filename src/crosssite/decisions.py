@@ -21,10 +21,12 @@ from .config import EVAL_BATCH_SIZE
 from .data.sites import LABEL_NAMES
 from .errors import CrossSiteError
 from .inference import predict_proba
+from .io import atomic_write_json
 from .operating_point import DEFAULT_RULE, DEFAULT_SENSITIVITY, FALLBACK, choose, rates
 from .scans import AGGREGATE, TOP_K, level_groups
 
 DECISIONS_KEY = "decisions"
+DECISIONS_FILE = "decisions.json"
 #: where calibration and the operating point are measured: each image (slice), each scan, each patient
 LEVELS = ("image", "scan", "patient")
 UNCALIBRATED = "uncalibrated (no calibration map for this site: fit one with crosssite calibrate)"
@@ -51,10 +53,13 @@ def fit_site(method, index: int, images: np.ndarray, labels: np.ndarray, source:
 def fit_run(checkpoint: Path, data, batch_size: int = EVAL_BATCH_SIZE, device: str = "auto",
             rule: str = DEFAULT_RULE, sensitivity: float = DEFAULT_SENSITIVITY) -> dict:
     """Fit every site of a run (crosssite.evaluate.RunData) on its validation part and store the result in
-    `checkpoint` (the trainer calls this on best.pt before testing it); return the decisions."""
+    `checkpoint` and in DECISIONS_FILE beside it (the trainer calls this on best.pt before testing it);
+    return the decisions."""
     decisions = fit_validation(load_trained(checkpoint, device), data, batch_size, rule, sensitivity)
     if distributed.is_main():
         store(checkpoint, decisions)
+        # beside it as JSON too: a sweep's report reads it where the job's checkpoint is not kept
+        atomic_write_json(Path(checkpoint).parent / DECISIONS_FILE, decisions)
     distributed.barrier()
     return decisions
 
