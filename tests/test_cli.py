@@ -66,8 +66,9 @@ def test_predict_and_evaluate_take_a_device(run, capsys):
 def test_predict_json(run, capsys):
     assert main(["predict", str(run / "best.pt"), "--site", "sars-cov-2-ct", "--json", str(sample_images(1)[0])]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert set(row) == {"path", "p_covid", "label"}
-    assert row["label"] == ("COVID" if row["p_covid"] >= 0.5 else "NonCOVID")
+    assert set(row) == {"path", "p_covid", "label", "p_uncalibrated", "ood", "site", "threshold", "operating_point",
+                        "calibration"}
+    assert row["label"] == ("COVID" if row["p_covid"] >= row["threshold"] else "NonCOVID")
 
 
 def test_config_file_with_flag_override(run, tmp_path):
