@@ -19,7 +19,6 @@ schemes with the 99 prefix); the others are SNOMED CT and UCUM codes.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -135,14 +134,6 @@ def write_report(folder: Path, sources: list, result: dict, model: dict) -> Path
     path = folder / f"SR_{sr.SOPInstanceUID}.dcm"
     atomic_write(path, lambda tmp: sr.save_as(tmp, enforce_file_format=True))
     return path
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_facts(method: str, backbone: str, site_names: list[str], adapted: list[str], checkpoint_sha256: str) -> dict:

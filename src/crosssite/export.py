@@ -42,7 +42,7 @@ from .data.sites import SAMPLE_DATA, is_image
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from .errors import CrossSiteError
 from .inference import fold_batch_norms, predict_proba, site_network
-from .io import atomic_write
+from .io import atomic_write, sha256_of
 from .metrics import is_covid
 from .models.layers import as_torch_layers
 from .models.site_bn import SiteBatchNorm
@@ -135,7 +135,15 @@ def export_network(method, site: int) -> tuple[ExportNetwork, list[dict]]:
     # a trial run finds the batch norms on the prediction path (not the contrastive projection head), in order,
     # and the input size of every adaptive pooling
     called: list[str] = []
-    hooks = [tap.register_forward_hook(lambda *_, n=name: called.append(n)) for name, tap in taps.items()]
+    spatial: dict[str, bool] = {}  # whether the layer's output has positions (per-image OOD uses only those)
+
+    def seen(name):
+        def hook(_module, _inputs, output):
+            called.append(name)
+            spatial[name] = output.dim() > 2
+        return hook
+
+    hooks = [tap.register_forward_hook(seen(name)) for name, tap in taps.items()]
     pool_inputs: dict[str, tuple[int, int]] = {}
     pools = {name: m for name, m in net.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)}
     hooks += [pool.register_forward_pre_hook(lambda _m, inputs, n=name: pool_inputs.update({n: inputs[0].shape[-2:]}))
@@ -156,7 +164,7 @@ def export_network(method, site: int) -> tuple[ExportNetwork, list[dict]]:
     statistics = []
     for name in called:
         bn = source.get_submodule(name).bns[site]
-        statistics.append({"layer": name, "eps": float(bn.eps),
+        statistics.append({"layer": name, "eps": float(bn.eps), "spatial": spatial[name],
                            **{k: getattr(bn, k).detach().double().tolist()
                               for k in ("running_mean", "running_var", "weight", "bias")}})
     return model, statistics
@@ -330,6 +338,10 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
                                    "of bn_statistics (concatenated in that order)",
                         "bn_sq_mean": "(batch, C): the same for the squared values"} if statistics else {})},
         "bn_statistics": statistics,
+        # every site's calibration map, operating point and OOD threshold (crosssite.decisions): the flag
+        # needs all sites' thresholds
+        "decisions": payload.get("decisions", {}),
+        "checkpoint_sha256": sha256_of(checkpoint),
     }
     reference = predict_proba(method, images, index, batch_size)
     write = write_onnx if fmt == "onnx" else _write_torchscript

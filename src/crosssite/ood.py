@@ -23,12 +23,16 @@ from .data.transforms import to_tensor
 QUANTILE = 0.95
 
 
+def symmetric_kl(m, v, mu, var):
+    """Symmetric KL divergence of N(m, v) and N(mu, var), elementwise (tensors or arrays)."""
+    d2 = (m - mu) ** 2
+    return ((v + d2) / var + (var + d2) / v) / 2 - 1
+
+
 def kl_to_running(mean: torch.Tensor, var: torch.Tensor, bn) -> torch.Tensor:
     """Symmetric KL between N(mean, var) per channel (var already has eps added) and the layer's running
     statistics, averaged over channels (the last axis): one value per row."""
-    mu, sigma2 = bn.running_mean.double(), bn.running_var.double() + bn.eps
-    d2 = (mean - mu) ** 2
-    return (((var + d2) / sigma2 + (sigma2 + d2) / var) / 2 - 1).mean(-1)
+    return symmetric_kl(mean, var, bn.running_mean.double(), bn.running_var.double() + bn.eps).mean(-1)
 
 
 @torch.no_grad()
@@ -81,3 +85,23 @@ def flags(distances: np.ndarray, thresholds: list[float | None]) -> np.ndarray |
 def scan_distances(distances: np.ndarray) -> np.ndarray:
     """A scan's distance to each site: the median over its slices (rows)."""
     return np.median(np.asarray(distances), axis=0)
+
+
+def export_image_distances(statistics: list[dict], mean: np.ndarray, sq_mean: np.ndarray) -> np.ndarray:
+    """(N,) distance of each image to the export's site, from its (N, C) statistics outputs (crosssite.export:
+    per image, the spatial mean and mean square of each channel after the site's folded batch norms, mapped
+    back to the incoming activations z = mu + (y - bias) sqrt(var + eps) / weight); the layers without
+    spatial positions are left out, as image_distances leaves them out."""
+    m_y = mean.astype(np.float64)
+    v_y = np.clip(sq_mean.astype(np.float64) - m_y ** 2, 0, None)
+    per_layer, start = [], 0
+    for layer in statistics:
+        mu, var, weight, bias = (np.asarray(layer[k]) for k in ("running_mean", "running_var", "weight", "bias"))
+        channels = slice(start, start + len(mu))
+        start += len(mu)
+        if not layer["spatial"]:
+            continue
+        scale = np.sqrt(var + layer["eps"]) / weight
+        m_z, v_z = mu + (m_y[:, channels] - bias) * scale, v_y[:, channels] * scale ** 2
+        per_layer.append(symmetric_kl(m_z, v_z + layer["eps"], mu, var + layer["eps"]).mean(1))
+    return np.mean(per_layer, axis=0)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import decisions, ood
-from .checkpoint import load_trained
+from .checkpoint import load_checkpoint, load_trained
 from .config import EVAL_BATCH_SIZE
 from .data.images import DecodedCache
 from .data.sampling import eval_batches
@@ -147,7 +147,7 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
             raise CrossSiteError(f"{' and '.join(torch_only)}: only for --backend torch; --backend {backend} "
                                  "runs the exports on the CPU as they are (drop the flag)")
 
-        return predict_with_exports(checkpoint, site, images, batch_size, how, top_k, backend)
+        return predict_with_exports(checkpoint, site, images, batch_size, how, top_k, backend, threshold)
     if Path(checkpoint).suffix == ".onnx":
         raise CrossSiteError(f"{checkpoint}: not a checkpoint; run ONNX exports with --backend onnxruntime")
     if Path(checkpoint).is_dir():
@@ -174,10 +174,18 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
 
 
 def model_facts(checkpoint: Path, backend: str = "torch") -> dict:
-    """What a DICOM SR says about the model behind `checkpoint` (crosssite.dicom_sr.model_facts)."""
-    from .checkpoint import load_checkpoint
-    from .dicom_sr import model_facts as facts, sha256_of
+    """What a DICOM SR says about the model behind `checkpoint` (crosssite.dicom_sr.model_facts): from the
+    checkpoint, or for an export backend from the metadata of its (first) export."""
+    from .dicom_sr import model_facts as facts
+    from .io import sha256_of
 
+    if backend in EXPORT_BACKENDS:
+        from .export import read_metadata
+        from .exported import _exports
+
+        metadata = read_metadata(_exports(Path(checkpoint), backend)[0])
+        return facts(metadata["method"], metadata["backbone"], metadata["site_names"], [],
+                     metadata.get("checkpoint_sha256", "not recorded (an export older than the record)"))
     payload = load_checkpoint(checkpoint)
     return facts(payload["method"], payload["config"].get("backbone", "covidnet"), payload["site_names"],
                  [a["site"] for a in payload.get("adaptations", [])], sha256_of(checkpoint))
