@@ -225,7 +225,7 @@ def cmd_adapt(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from .decisions import calibrate_checkpoint
+    from .calibrate import calibrate_checkpoint
 
     out = Path(args.out or args.checkpoint)
     fitted = calibrate_checkpoint(Path(args.checkpoint), args.sites, out, args.rule, args.sensitivity, args.batch_size)

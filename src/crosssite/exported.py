@@ -23,7 +23,7 @@ from .data.sampling import eval_batches
 from .data.transforms import to_tensor
 from .errors import CrossSiteError
 from .export import is_torchscript_export, load_export, p_covid, scan_settings
-from .predict import AUTO, decode_inputs, result_rows, symmetric_kl
+from .predict import AUTO, decode_inputs, symmetric_kl
 from .scans import AGGREGATE, TOP_K
 
 #: per backend: the files it runs, how to tell them, the export --format that makes them

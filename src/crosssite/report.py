@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from . import decision_report
+from . import report_calibration
 from .errors import CrossSiteError
 from .metrics import is_covid
 from .io import atomic_write_csv, atomic_write_text
@@ -562,7 +562,7 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
     else:
         md += ["No duplicate-grouped rows in this sweep (run `crosssite sweep --methods grouped`).", ""]
 
-    md += decision_report.sweep_section(res, tables, figures)
+    md += report_calibration.sweep_section(res, tables, figures)
 
     md += ["## Fig. 3: ROC curves", "",
            "Each curve pools the test predictions of all finished jobs of a row (every image once per seed); "
