@@ -562,7 +562,7 @@ def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
     else:
         md += ["No duplicate-grouped rows in this sweep (run `crosssite sweep --methods grouped`).", ""]
 
-    md += report_calibration.sweep_section(res, tables, figures)
+    md += report_calibration.sweep_section(res, tables, figures, _markdown)
 
     md += ["## Fig. 3: ROC curves", "",
            "Each curve pools the test predictions of all finished jobs of a row (every image once per seed); "

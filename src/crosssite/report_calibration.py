@@ -89,11 +89,9 @@ def _cell(entry: dict, key: str, percent: bool = False) -> str:
     return f"{scale * mean:.{digits}f}" + ("" if np.isnan(std) else f" ± {scale * std:.{digits}f}")
 
 
-def sweep_section(res, tables, figures) -> list[str]:
+def sweep_section(res, tables, figures, markdown) -> list[str]:
     """The report's section on calibration and the operating point (writes tables/calibration.csv and
-    figures/reliability_<row>.png); markdown lines."""
-    from .report import _markdown  # the report's table format (report imports this module)
-
+    figures/reliability_<row>.png); markdown lines, tables made by the report's `markdown(header, grid)`."""
     entries = sweep_entries(res)
     lines = ["## Calibration and the operating point", "",
              "Each job fitted a Platt map and an operating point per site on its validation part at the end of "
@@ -109,7 +107,7 @@ def sweep_section(res, tables, figures) -> list[str]:
              _cell(e, "sensitivity", True), _cell(e, "specificity", True),
              f"{e['jobs']}" + (f" (+{e['uncalibrated_jobs']} without)" if e["uncalibrated_jobs"] else "")]
             for e in entries]
-    lines += [_markdown(["Method", "Site", "Level", "n per job", "ECE before", "ECE after", "Sensitivity %",
+    lines += [markdown(["Method", "Site", "Level", "n per job", "ECE before", "ECE after", "Sensitivity %",
                          "Specificity %", "Jobs"], grid), ""]
     for row in dict.fromkeys(e["row"] for e in entries):
         name = f"reliability_{row}.png"
