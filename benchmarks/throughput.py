@@ -168,7 +168,9 @@ def _onnxruntime(size: int, width: float, device: str):
     import torch
 
     from crosssite.config import TrainConfig
-    from crosssite.export import INPUT, export_network, write_onnx
+    from crosssite.export import export_network
+    from crosssite.export_formats import INPUT
+    from crosssite.export_formats.onnx_file import write_onnx
     from crosssite.methods import create_method
 
     torch.manual_seed(0)

@@ -67,7 +67,7 @@ def test_adabn_statistics_are_the_images_statistics(ckpt):
     trained = load_trained(ckpt)
     method, config = trained.method, trained.config
     paths = sorted((SAMPLE_DATA / "covid-ct" / "CT_COVID").iterdir())
-    images = DecodedCache(config.image_size).eval_batch(paths)
+    images = DecodedCache(config.image_size, config.window).eval_batch(paths)
     first = next(m for m in method.modules() if isinstance(m, SiteBatchNorm))
     seen = []
     handle = first.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0]))
@@ -105,7 +105,7 @@ def settled(ckpt):
     training; three tiny epochs leave the running averages close to their initial values)."""
     trained = load_trained(ckpt)
     method, config, names = trained.method, trained.config, trained.site_names
-    cache = DecodedCache(config.image_size)
+    cache = DecodedCache(config.image_size, config.window)
     for index, name in enumerate(names):
         estimate_bn_statistics(method, index, cache.eval_batch(sorted((SAMPLE_DATA / name).glob("*/*.png"))))
     out = ckpt.parent / "settled.pt"

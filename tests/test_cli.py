@@ -9,7 +9,8 @@ import yaml
 from conftest import TINY_TRAIN_FLAGS
 
 from crosssite.cli import SAMPLE_DATA, main
-from crosssite.config import TrainConfig
+from crosssite.config import TrainConfig, setting_type
+from crosssite.errors import CrossSiteError
 
 
 
@@ -168,7 +169,7 @@ def test_batch_size_must_be_positive(run, capsys, command):
 def test_every_evaluation_batch_size_has_one_default():
     import inspect
 
-    from crosssite import adapt, evaluate, export, exported, inference, predict
+    from crosssite import adapt, evaluate, export, exported, inference, inputs, predict
     from crosssite.cli import build_parser
     from crosssite.config import EVAL_BATCH_SIZE
 
@@ -179,7 +180,7 @@ def test_every_evaluation_batch_size_has_one_default():
         assert build_parser().parse_args([command, "c.pt", *args]).batch_size == EVAL_BATCH_SIZE, command
     functions = (adapt.estimate_bn_statistics, adapt.adapt_checkpoint, evaluate.evaluate_checkpoint,
                  export.export_checkpoint, exported.predict_with_exports, inference.predict_proba,
-                 predict.bn_distances, predict.predict_images)
+                 inputs.bn_distances, predict.predict_images)
     for function in functions:
         assert inspect.signature(function).parameters["batch_size"].default == EVAL_BATCH_SIZE, function.__name__
 
@@ -222,33 +223,60 @@ def test_bf16_on_a_cpu_and_bad_gpu_settings_are_clear_errors(tmp_path, capsys):
     assert "save_every" in error_of(capsys, args + ["--save-every", "-1", "--out", str(tmp_path / "c")])
 
 
+def _other_value(f, default):
+    """A value of setting `f` other than its default, of its annotated type (within its choices)."""
+    kind = setting_type(f.name)
+    if f.metadata["choices"]:
+        return next(c for c in f.metadata["choices"] if c != default)
+    if kind is bool:
+        return not default
+    if kind is int:
+        return default + 1
+    if kind is float:
+        return 0.5 if default is None else default * 2 + 0.5
+    if kind is list:
+        return ["x=p", "y=q"] if f.metadata.get("action") == "append" else [v * 2 + 1 for v in default]
+    return "other" if default is None else default + "-other"
+
+
+def _flag_args(f, value) -> list[str]:
+    """The command line that sets `f` to `value`."""
+    flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag[2:]]
+    if isinstance(value, list):
+        if f.metadata.get("action") == "append":
+            return [arg for item in value for arg in (flag, item)]
+        return [flag, ",".join(map(str, value))]
+    return [flag, str(value)]
+
+
 def test_every_setting_has_one_flag_built_from_its_field(capsys):
-    """A TrainConfig field is its flag: name, type and help come from the field (crosssite.config.setting)."""
+    """A TrainConfig field is its flag: name, type and help come from the field (crosssite.config.setting).
+    The values are made from each field's annotation and choices, so a new setting is covered without an edit."""
     from crosssite.cli import build_parser, config_from_args
     from crosssite.methods import METHODS
     from crosssite.models import MODELS
 
     fields = dataclasses.fields(TrainConfig)
     assert all(f.metadata["help"] for f in fields)
-    changed = TrainConfig(method="sepnorm", backbone="covidnet", data="d", sites=["x=p", "y=q"], split="official",
-                          fold=1, folds=3, seed=2, epochs=5, batch_per_site=4, image_size=48, width=0.5,
-                          pepx_relu=True, lr=0.01, weight_decay=0.1, grad_clip=3.0, temperature=0.2, alpha=0.3,
-                          projection_head="linear", kd_temperature=4.0, kd_weight=0.25, group_duplicates=0.9,
-                          eval_batch_size=7, tail_epochs=2, window=[400.0, 40.0], slices="::2", out="o",
-                          precision="bf16", cuda_graphs=False, save_every=3)
-    argv = ["train", "--site", "x=p", "--site", "y=q", "--pepx-relu", "--no-cuda-graphs", "--window", "400,40"]
-    special = {"sites", "pepx_relu", "cuda_graphs", "window"}
-    for f in fields:
-        value = getattr(changed, f.name)
-        assert value != getattr(TrainConfig(), f.name), f.name  # the check below would prove nothing
-        if f.name not in special:
-            argv += ["--" + f.name.replace("_", "-"), str(value)]
-    assert config_from_args(build_parser().parse_args(argv)) == changed
+    defaults = TrainConfig()
+    changed = {f.name: _other_value(f, getattr(defaults, f.name)) for f in fields}
+    assert all(changed[f.name] != getattr(defaults, f.name) for f in fields)  # else the check below proves nothing
+    argv = ["train", *(arg for f in fields for arg in _flag_args(f, changed[f.name]))]
+    assert config_from_args(build_parser().parse_args(argv)) == TrainConfig(**changed)
     assert config_from_args(build_parser().parse_args(["train"])) == TrainConfig()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     helps = " ".join(capsys.readouterr().out.split())
     assert all(name in helps for name in [*METHODS, *MODELS])  # --method and --backbone list the registries
+
+
+def test_a_setting_outside_its_choices_is_refused():
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata["choices"]:
+            with pytest.raises(CrossSiteError, match=f"{f.name} must be"):
+                TrainConfig(**{f.name: "no-such-value"}).validate()
 
 
 def test_demo_is_a_preset():

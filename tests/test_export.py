@@ -8,17 +8,19 @@ import pytest
 import torch
 
 from crosssite import export
+from crosssite.export_formats import load_export, p_covid, preprocessing_of
 from crosssite.checkpoint import load_trained
 from crosssite.cli import main
 from crosssite.data.images import DecodedCache
 from crosssite.data.transforms import to_tensor
 from crosssite.inference import predict_proba
+from crosssite.preprocessing import Preprocessing
 
 
 def _check_batch(run, site):
     paths, _ = export.check_images(run / "best.pt", site)
     trained = load_trained(run / "best.pt")
-    images = DecodedCache(trained.config.image_size).eval_batch(paths)
+    images = DecodedCache(trained.config.image_size, trained.config.window).eval_batch(paths)
     return images, predict_proba(trained.method, images, trained.site_index(site)), trained.method, trained.site_names
 
 
@@ -45,21 +47,21 @@ def test_torchscript_export_agrees_and_carries_metadata(tiny_run, tmp_path, caps
     assert main(["export", str(tiny_run / "best.pt"), "--site", "covid-ct", "--format", "torchscript",
                  "--out", str(out)]) == 0
     assert "agrees with PyTorch on 40 images" in capsys.readouterr().out
-    run, metadata = export.load_export(out)
+    run, metadata = load_export(out)
     assert metadata["site"] == "covid-ct" and metadata["method"] == "contrastive"
     assert metadata["input"]["shape"] == ["batch", 3, 32, 32]
-    assert export.scan_settings(metadata) == ([1500.0, -600.0], "all")  # how predict reads CT scans for it
+    assert preprocessing_of(metadata) == Preprocessing(32, (1500.0, -600.0), "all")  # how predict reads inputs for it
     assert (metadata["input"]["window"], metadata["input"]["slices"]) == ([1500.0, -600.0], "all")
     assert metadata["agreement"]["label_flips"] == 0
     assert metadata["agreement"]["max_abs_diff"] <= export.TOLERANCE
     images, reference, _, _ = _check_batch(tiny_run, "covid-ct")
-    probs = export.p_covid(run(to_tensor(images).numpy())[0])
+    probs = p_covid(run(to_tensor(images).numpy())[0])
     assert np.abs(probs - reference).max() <= export.TOLERANCE
 
 
-def test_scan_settings_of_files_written_before_the_input_named_them():
+def test_preprocessing_of_files_written_before_the_input_named_the_window():
     old = {"input": {"image_size": 64}, "config": {"window": [400.0, 40.0], "slices": "::2"}}
-    assert export.scan_settings(old) == ([400.0, 40.0], "::2")
+    assert preprocessing_of(old) == Preprocessing(64, (400.0, 40.0), "::2")
 
 
 def test_onnx_export_agrees_with_pytorch(tiny_run, tmp_path):
@@ -67,12 +69,12 @@ def test_onnx_export_agrees_with_pytorch(tiny_run, tmp_path):
     pytest.importorskip("onnx")
     out = tmp_path / "sars.onnx"
     metadata = export.export_checkpoint(tiny_run / "best.pt", "sars-cov-2-ct", "onnx", out)
-    run, stored = export.load_export(out)
+    run, stored = load_export(out)
     assert stored == json.loads(json.dumps(metadata))
     images, reference, _, _ = _check_batch(tiny_run, "sars-cov-2-ct")
     outputs = run(to_tensor(images[:5]).numpy())  # batch size other than the example's
     assert len(outputs) == 3 and outputs[1].shape[0] == 5
-    assert np.abs(export.p_covid(outputs[0]) - reference[:5]).max() <= export.TOLERANCE
+    assert np.abs(p_covid(outputs[0]) - reference[:5]).max() <= export.TOLERANCE
 
 
 def test_disagreeing_export_is_not_written(tiny_run, tmp_path, monkeypatch, capsys):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from crosssite import export
+from crosssite import export_formats
 from crosssite.checkpoint import load_trained
 from crosssite.cli import SAMPLE_DATA, main
 from crosssite.data.images import DecodedCache
@@ -119,10 +119,10 @@ def test_scan_read_with_the_window_and_slices_of_the_metadata(tiny_run, backend,
     name, folder = backend
     model = tmp_path / f"covid-ct{SUFFIX[name]}"
     shutil.copy(folder / model.name, model)
-    metadata = export.read_metadata(model)
+    metadata = export_formats.read_metadata(model)
     assert (metadata["input"]["window"], metadata["input"]["slices"]) == ([1500.0, -600.0], "all")
     metadata["input"].update(window=[400.0, 40.0], slices="::2")  # as if exported from such a run
-    export._set_metadata(model, metadata)
+    export_formats.set_metadata(model, metadata)
     (row,) = json.loads(_predict(capsys, model, "--backend", name, "--site", "covid-ct", "--json", ct_volume))
     assert [s["path"] for s in row["slices"]] == [f"{ct_volume}#slice={i}" for i in (0, 2, 4)]
     trained = load_trained(tiny_run / "best.pt")

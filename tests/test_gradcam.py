@@ -24,7 +24,7 @@ def trained_a_little():
     """The contrastive method after a few real steps on sample images (real batch-norm statistics)."""
     torch.manual_seed(0)
     method = create_method("contrastive", 2, CONFIG)
-    cache = DecodedCache(CONFIG.image_size)
+    cache = DecodedCache(CONFIG.image_size, CONFIG.window)
     x = to_tensor(cache.eval_batch(IMAGES + IMAGES[:1]))
     y = torch.tensor([1, 1, 0, 1])
     method.train()

@@ -205,10 +205,10 @@ def test_patient_level_auc_only_where_the_site_has_patient_ids(reported):
 
 
 def test_calibration_section_applies_each_jobs_validation_fit_to_its_test_predictions(reported):
-    from crosssite import decisions
+    from crosssite import decisions, run_folder
 
     job = reported / "jobs" / "contrastive-fold0-seed0"
-    (job / decisions.DECISIONS_FILE).rename(job / "old.json")  # one job as if trained before calibration
+    (job / run_folder.DECISIONS).rename(job / "old.json")  # one job as if trained before calibration
     assert cli.main(["report", str(reported)]) == 0
     text = (reported / "report.md").read_text()
     assert "## Calibration and the operating point" in text and "(figures/reliability_contrastive.png)" in text
@@ -222,7 +222,7 @@ def test_calibration_section_applies_each_jobs_validation_fit_to_its_test_predic
     for seed, fold in ((0, 1), (1, 0), (1, 1)):
         folder = reported / "jobs" / f"contrastive-fold{fold}-seed{seed}"
         rows = read_csv(folder / "predictions.csv")
-        fitted = json.loads((folder / decisions.DECISIONS_FILE).read_text())
+        fitted = json.loads((folder / run_folder.DECISIONS).read_text())
         assessed = decisions.assess(rows, {s: fitted[s] for s in SITES})
         after.append(assessed["levels"]["image"]["covid-ct"]["ece_after"])
     assert float(entries["contrastive", "covid-ct", "image"]["ece_after"]) == pytest.approx(np.mean(after))

@@ -61,7 +61,7 @@ def test_train_predict_evaluate_on_dicom_series(ct_series_site, tmp_path, capsys
 
 def test_predict_input_folder_without_scans(tmp_path):
     from crosssite.errors import DataError
-    from crosssite.predict import expand_inputs
+    from crosssite.inputs import expand_inputs
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"empty: no CT scan in it"):

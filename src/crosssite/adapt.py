@@ -19,30 +19,14 @@ import torch
 
 from .checkpoint import load_trained, save_checkpoint
 from .config import EVAL_BATCH_SIZE
-from .data.images import DecodedCache
-from .data.sites import is_image, parse_site_arg
-from .data.volumes import find_scans, is_scan_path, scan_slices
+from .data.sites import parse_site_arg
 from .data.transforms import to_tensor
-from .errors import CrossSiteError, DataError
+from .errors import CrossSiteError
+from .inputs import AUTO, list_images
+from .preprocessing import Preprocessing
 
 # keys of a checkpoint that describe training state the adapted model no longer matches
 _DROPPED = {"format", "version", "method", "config", "site_names", "model", "optimizer", "scheduler"}
-
-
-def list_images(path: Path, slices: str = "all") -> list[Path]:
-    """Every image file under `path` (any layout, searched recursively), or `path` itself if it is one,
-    and the `slices` of every CT scan (series folder, volume, DICOMDIR) under it."""
-    path = Path(path)
-    if path.is_file() and is_image(path):
-        images = [path]
-    elif path.is_dir() or is_scan_path(path):
-        images = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p)) if path.is_dir() else []
-        images += [p for scan in find_scans(path) for p in scan_slices(scan, slices)[0]]
-    else:
-        raise DataError(f"{path}: not an image folder")
-    if len(images) < 2:
-        raise DataError(f"{path}: holds {len(images)} image(s); batch-norm statistics need at least 2")
-    return images
 
 
 @torch.no_grad()
@@ -71,8 +55,8 @@ def estimate_bn_statistics(method, site: int, images: np.ndarray, batch_size: in
 def adapt_checkpoint(checkpoint: Path, site_arg: str, out: Path, batch_size: int = EVAL_BATCH_SIZE) -> dict:
     """Write `out`: `checkpoint` plus site NAME=PATH fitted by AdaBN; return the adaptation record."""
     name, source = parse_site_arg(site_arg)
-    if name == "auto":
-        raise CrossSiteError("--site: 'auto' is reserved for `crosssite predict --site auto`; choose another name")
+    if name == AUTO:
+        raise CrossSiteError(f"--site: {AUTO!r} is reserved for `crosssite predict --site auto`; choose another name")
     trained = load_trained(checkpoint)
     method, config, site_names, payload = trained.method, trained.config, trained.site_names, trained.payload
     if name in site_names:
@@ -87,7 +71,7 @@ def adapt_checkpoint(checkpoint: Path, site_arg: str, out: Path, batch_size: int
     except ValueError as e:
         raise CrossSiteError(f"{checkpoint}: cannot add a site ({e})") from None
     paths = list_images(source, config.slices)
-    images = DecodedCache(config.image_size, config.window).eval_batch(paths)
+    images = Preprocessing.of(config).cache().eval_batch(paths)
     estimate_bn_statistics(method, new_site, images, batch_size)
 
     record = {

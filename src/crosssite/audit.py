@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from . import run_folder
 from .config import TrainConfig, load_config
 from .data.duplicates import DEFAULT_THRESHOLD, exact_pairs, fingerprints, similar_pairs
 from .data.sites import LABEL_NAMES, Site, load_sites
 from .data.splits import load_splits
-from .data.volumes import LUNG_WINDOW, scan_of
+from .data.volumes import scan_of
 from .errors import CrossSiteError
 from .io import atomic_write_csv
 
@@ -30,7 +31,7 @@ SHOWN = 12  # notable pairs listed per group in the terminal summary
 
 
 def find_pairs(sites: dict[str, Site], threshold: float = DEFAULT_THRESHOLD,
-               splits: dict[str, dict[str, list[int]]] | None = None, window=LUNG_WINDOW) -> list[dict]:
+               splits: dict[str, dict[str, list[int]]] | None = None, *, window) -> list[dict]:
     """Every exact or near-duplicate pair among all images (and CT slices, through `window`) of all sites,
     as dicts with FIELDS."""
     images = [(name, i, s) for name, site in sites.items() for i, s in enumerate(site.samples)]
@@ -109,9 +110,9 @@ def run_audit(data: str | None, site_args: list[str], split_run: str | None, out
         raise CrossSiteError(f"--threshold must be in (0, 1], got {threshold}")
     split_file, settings = None, TrainConfig()
     if split_run is not None:
-        split_file = Path(split_run) / "split.json" if Path(split_run).is_dir() else Path(split_run)
-        if (split_file.parent / "config.yaml").is_file():
-            settings = load_config(split_file.parent / "config.yaml")
+        split_file = Path(split_run) / run_folder.SPLIT if Path(split_run).is_dir() else Path(split_run)
+        if (split_file.parent / run_folder.CONFIG).is_file():
+            settings = load_config(split_file.parent / run_folder.CONFIG)
             if data is None and not site_args:
                 data, site_args = settings.data, settings.sites
     settings = settings.replace(**{k: v for k, v in (("window", window), ("slices", slices)) if v is not None})
@@ -120,7 +121,7 @@ def run_audit(data: str | None, site_args: list[str], split_run: str | None, out
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH (or --split RUN with its config.yaml)")
     sites = load_sites(Path(data) if data else None, site_args, settings.slices)
     splits = load_splits(split_file, sites) if split_file else None
-    pairs = find_pairs(sites, threshold, splits, settings.window)
+    pairs = find_pairs(sites, threshold, splits, window=settings.window)
     atomic_write_csv(Path(out) / "pairs.csv", pairs, list(FIELDS))
     return summary(pairs, sites, threshold, str(split_file) if split_file else None) + \
         f"\nall pairs: {Path(out) / 'pairs.csv'}"

@@ -8,18 +8,17 @@ patient ids are known (a `patient` column of predictions.csv, else the site read
 
 from __future__ import annotations
 
-import csv
-import json
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-from . import decision_report
+from . import decision_report, run_folder
 from .config import load_config
 from .data.sites import COVID_CT, SARS_COV_2_CT, load_sites
 from .errors import CrossSiteError
 from .io import atomic_write_json, atomic_write_text, read_jsonl
+from .preprocessing import Preprocessing
 from .stats import BOOTSTRAP_REPLICATES, CONFIDENCE, bootstrap_auc, percentile_interval
 
 PAPER = ('Z. Wang, Q. Liu, Q. Dou, "Contrastive Cross-Site Learning With Redesigned Net for COVID-19 CT '
@@ -45,12 +44,11 @@ DATASETS = {
                         "images are figures taken from papers (some with coloured annotations), not scanner output"],
     },
 }
-FILES = ("config.yaml", "split.json", "metrics.json", "predictions.csv", "train_log.jsonl")
+FILES = (run_folder.CONFIG, run_folder.SPLIT, run_folder.METRICS, run_folder.PREDICTIONS, run_folder.TRAIN_LOG)
 
 
 def _read_predictions(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = run_folder.read_predictions(path)
     if not rows or not {"site", "path", "label", "p_covid"} <= set(rows[0]):
         raise CrossSiteError(f"{path}: expected columns site, path, label, p_covid")
     return rows
@@ -77,11 +75,11 @@ def card_facts(run: Path) -> dict:
     missing = [name for name in FILES if not (run / name).is_file()]
     if missing:
         raise CrossSiteError(f"{run}: not a finished run folder (missing {', '.join(missing)})")
-    config = load_config(run / "config.yaml")
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    split = json.loads((run / "split.json").read_text(encoding="utf-8"))["sites"]
-    log = read_jsonl(run / "train_log.jsonl")
-    rows = _read_predictions(run / "predictions.csv")
+    config = load_config(run / run_folder.CONFIG)
+    metrics = run_folder.read_metrics(run)
+    split = run_folder.read_split_paths(run)
+    log = read_jsonl(run / run_folder.TRAIN_LOG)
+    rows = _read_predictions(run / run_folder.PREDICTIONS)
     patients, patient_source = _patients(config, rows)
     sites = {}
     for name, site_metrics in metrics["sites"].items():
@@ -102,12 +100,12 @@ def card_facts(run: Path) -> dict:
     devices = {r["device"] for r in log if "device" in r}
     return {
         "model": {"method": config.method, "backbone": config.backbone, "width": config.width,
-                  "checkpoint": str(run / "best.pt"), "best_epoch": metrics.get("best_epoch"),
+                  "checkpoint": str(run / run_folder.BEST), "best_epoch": metrics.get("best_epoch"),
                   "val_mean_auc": metrics.get("val_mean_auc")},
         "paper": PAPER, "reference_code": REFERENCE_CODE, "intended_use": INTENDED_USE,
         "split": {"kind": config.split, "fold": config.fold, "folds": config.folds, "seed": config.seed,
                   "group_duplicates": config.group_duplicates},
-        "preprocessing": {"image_size": config.image_size, "window": getattr(config, "window", None)},
+        "preprocessing": Preprocessing.of(config).to_dict(),
         "training": {"epochs": len(log), "seconds": round(sum(r.get("seconds", 0) for r in log), 1),
                      "hardware": ", ".join(sorted(devices)) or "not recorded by the run"},
         "intervals": {"method": f"percentile bootstrap of AUC, {BOOTSTRAP_REPLICATES} replicates, "
@@ -141,8 +139,8 @@ def card_markdown(facts: dict) -> str:
                                      if s["kind"] == "fold" else " (COVID-CT's official lists)")
              + f", seed {s['seed']}" + (f", near-duplicates grouped at {s['group_duplicates']}"
                                         if s["group_duplicates"] else ""))
-    window = (f"; CT scans (DICOM, NIfTI, MetaImage) mapped from HU by the window width, level {p['window']} "
-              "(8-bit images are used as they are)" if p["window"] is not None else "")
+    window = (f"; CT scans (DICOM, NIfTI, MetaImage) mapped from HU by the window width, level {p['window']}, "
+              f"slices {p['slices']} (8-bit images are used as they are)")
     lines += ["", "## Split and preprocessing", "", f"{split}. Images resized to {p['image_size']} x "
               f"{p['image_size']} px (bilinear), gray scaled to [0, 1], replicated to 3 channels, ImageNet "
               f"mean/std normalised{window}.", "",

@@ -10,8 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import distributed
-from .config import EVAL_BATCH_SIZE, TrainConfig, load_config
+from . import distributed, run_folder
+from .config import EVAL_BATCH_SIZE, TrainConfig, load_config, setting_type
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError, print_warning
@@ -26,7 +26,7 @@ from .runtime import ensure_malloc_tuning
 DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
 COMPILE_HELP = (
     "torch.compile the network first (~15 s at 224 px on 2 CPU cores; pays only for thousands of images, "
-    "see README Speed)"
+    "see docs/speed.md)"
 )
 
 
@@ -63,14 +63,13 @@ def add_setting_flag(parser: argparse.ArgumentParser, name: str) -> None:
     meta = SETTINGS[name].metadata
     flag = meta.get("flag", "--" + name.replace("_", "-"))
     help_text = f"{meta['help']}: {registry_help(name)}" if name in ("method", "backbone") else meta["help"]
-    kind = SETTINGS[name].type
+    kind = setting_type(name)
     if "action" in meta:
         parser.add_argument(flag, dest=name, action=meta["action"], metavar=meta.get("metavar"), help=help_text)
-    elif kind == "bool":
+    elif kind is bool:
         parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
     else:
-        parse = meta.get("parse") or {"int": int, "float": float, "float | None": float}.get(kind, str)
-        parser.add_argument(flag, dest=name, type=parse, default=None, help=help_text)
+        parser.add_argument(flag, dest=name, type=meta.get("parse") or kind, default=None, help=help_text)
 
 
 def add_site_flag(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +109,7 @@ def cmd_train(args) -> None:
     config = config_from_args(args)
     if config.data is None and not config.sites:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH (or run `crosssite demo`)")
-    finished = args.resume and (Path(config.out) / "metrics.json").exists()
+    finished = args.resume and (Path(config.out) / run_folder.METRICS).exists()
     with distributed.launched():  # under torchrun: one of several processes (crosssite.distributed)
         metrics = train(config, resume=args.resume, progress=not args.quiet, device=args.device)
         if not distributed.is_main():
@@ -127,7 +126,7 @@ def cmd_demo(args) -> None:
     config = get_preset("demo").config.replace(epochs=args.epochs, out=args.out)
     print(f"demo: contrastive cross-site training on the shipped sample ({SAMPLE_DATA}),")
     print(f"      {config.epochs} epochs at {config.image_size} px, width {config.width}; run folder {config.out}")
-    metrics = train(config, resume=(Path(config.out) / "config.yaml").exists(), progress=not args.quiet)
+    metrics = train(config, resume=(Path(config.out) / run_folder.CONFIG).exists(), progress=not args.quiet)
     print(f"test metrics of {Path(config.out) / 'best.pt'} (epoch {metrics['best_epoch']}):")
     print(format_metrics(metrics["sites"]))
     print("These are a few dozen images at toy settings; see README.md for real runs on the full datasets.")
@@ -320,11 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    from .predict import BACKENDS
+    from .export_formats import EXPORT_FORMATS
+    from .predict import TORCH, backends
 
+    exports_help = "; ".join(f"{f.backend}: {f.files} (--format {f.name})" for f in EXPORT_FORMATS.values())
     predict = sub.add_parser("predict", help="P(COVID) for new images or CT scans (series folders, volumes) of a known site")
     predict.add_argument("checkpoint", help="a checkpoint (torch backend), or an export or a folder of them, one per "
-                                            "site (onnxruntime: ONNX files; torchscript: TorchScript files)")
+                                            f"site ({exports_help})")
     predict.add_argument("--site", required=True,
                          help="which site's batch norms to use, or 'auto': the site whose statistics are closest")
     predict.add_argument("images", nargs="+", metavar="IMG_OR_SCAN")
@@ -333,9 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     predict.add_argument("--device", default="auto", help=DEVICE_HELP)
-    predict.add_argument("--backend", choices=BACKENDS, default="torch",
-                         help="torch (a checkpoint), or exports of `crosssite export` on the CPU: onnxruntime "
-                              "(--format onnx; extra [onnx]) or torchscript (--format torchscript)")
+    predict.add_argument("--backend", choices=backends(), default=TORCH,
+                         help=f"torch (a checkpoint), or exports of `crosssite export` on the CPU: {exports_help}")
     predict.add_argument("--threshold", type=float, metavar="P",
                          help="call COVID at calibrated P(COVID) >= P instead of the site's operating point "
                               "chosen on validation (crosssite calibrate; docs/pacs.md)")
@@ -346,12 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--calling-ae", default=DEFAULT_CALLING_AE, help="crosssite's AE title (default %(default)s)")
     predict.set_defaults(func=cmd_predict)
 
-    from .export import FORMATS as EXPORT_FORMATS
-
-    export = sub.add_parser("export", help="one site's network as an ONNX or TorchScript file, checked against PyTorch")
+    export = sub.add_parser("export", help=f"one site's network as a file of an export format "
+                                           f"({', '.join(EXPORT_FORMATS)}), checked against PyTorch")
     export.add_argument("checkpoint")
     export.add_argument("--site", required=True, help="the site whose batch norms are folded into the file")
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
+    export.add_argument("--format", choices=list(EXPORT_FORMATS), default="onnx",
+                        help="; ".join(f"{f.name}: {f.files}, run by predict --backend {f.backend}"
+                                       for f in EXPORT_FORMATS.values()))
     export.add_argument("--out", required=True, help="file to write, e.g. covid-ct.onnx")
     export.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="batch size of the agreement check")
     export.set_defaults(func=cmd_export)

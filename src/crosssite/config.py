@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .data.volumes import parse_slices
+from .data.volumes import LUNG_WINDOW, parse_slices
 from .errors import CrossSiteError
 from .io import atomic_write_text, read_yaml
 from .models.contract import IMAGE_SIZE_STEP, image_size_problem
@@ -28,20 +28,20 @@ from .models.contract import IMAGE_SIZE_STEP, image_size_problem
 #: check); the one default of every --batch-size but train's
 EVAL_BATCH_SIZE = 64
 
-#: settings of how a run executes, not of what it computes: `--resume` may change them
-EXECUTION_SETTINGS = ("cuda_graphs", "save_every")
-
-
 def parse_window(text: str) -> list[float]:
     """--window W,L -> [W, L] (argparse turns the ValueError into a one-line usage error)."""
     width, level = (float(v) for v in text.split(","))
     return [width, level]
 
 
-def setting(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, **flag):
-    """A TrainConfig field and its command-line flag: `help`, and where the default rule does not fit,
-    `flag` (default --field-name), `parse` (default: the field's type), argparse's `metavar`, `action`."""
-    return field(default=default, default_factory=factory, metadata={"help": help, **flag})
+def setting(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, choices: tuple = (),
+            execution: bool = False, **flag):
+    """A TrainConfig field and its command-line flag: `help`; `choices`, the values it may take (checked by
+    `validate`); `execution`, a setting of how a run executes, not of what it computes (`--resume` and a
+    sweep's restart may change it); and where the default rule does not fit, `flag` (default --field-name),
+    `parse` (default: the field's annotated type), argparse's `metavar`, `action`."""
+    return field(default=default, default_factory=factory,
+                 metadata={"help": help, "choices": tuple(choices), "execution": execution, **flag})
 
 
 @dataclass
@@ -53,7 +53,8 @@ class TrainConfig:
     data: str | None = setting(None, "folder holding the sites' original layouts (e.g. ../shared/data)")
     sites: list[str] = setting(factory=list, help="add a site (or override a discovered one); repeatable",
                                flag="--site", metavar="NAME=PATH", action="append")
-    split: str = setting("fold", "'fold' (stratified, patient-grouped k-fold) or 'official' (COVID-CT's split)")
+    split: str = setting("fold", "'fold' (stratified, patient-grouped k-fold) or 'official' (COVID-CT's split)",
+                         choices=("fold", "official"))
     fold: int = setting(0, "test fold index")
     folds: int = setting(4, "number of cross-validation folds")
     seed: int = setting(0, "random seed (splits, initialisation, sampling, augmentation)")
@@ -69,7 +70,8 @@ class TrainConfig:
     temperature: float = setting(0.05, "NT-Xent temperature")
     alpha: float = setting(1.0, "weight of the contrastive loss")
     projection_head: str = setting(
-        "bn-relu", "end of the contrastive projection head: bn-relu (reference code) or linear (ablation)")
+        "bn-relu", "end of the contrastive projection head: bn-relu (reference code) or linear (ablation)",
+        choices=("bn-relu", "linear"))
     kd_temperature: float = setting(2.0, "ms-net: temperature of the knowledge transfer (KL) term")  # docs/methods.md
     # 0.5/0.5 as liuquande/MS-Net main.py
     kd_weight: float = setting(0.5, "ms-net: universal head loss = (1 - w) CE + w KL")
@@ -80,24 +82,26 @@ class TrainConfig:
     tail_epochs: int = setting(
         3, "test predictions of the last K epochs are kept (tail_predictions.csv) for the report; never for selection")
     # CT scans (DICOM/NIfTI/MetaImage): HU window [width, level] (lung window), and which slices to use
-    window: list[float] = setting(factory=lambda: [1500.0, -600.0], parse=parse_window,
-                                  help="CT scans: HU window WIDTH,LEVEL (default 1500,-600: lung)")
+    window: list[float] = setting(factory=lambda: list(LUNG_WINDOW), parse=parse_window,
+                                  help="CT scans: HU window WIDTH,LEVEL (default %g,%g: lung)" % LUNG_WINDOW)
     slices: str = setting("all", "CT scans: 'all' or START:STOP[:STEP] of each scan's slices, e.g. '::4' (every 4th)")
     out: str = setting("runs/default", "run folder")
-    precision: str = setting("fp32", "fp32, or bf16 (autocast; CUDA GPUs only)")
+    precision: str = setting("fp32", "fp32, or bf16 (autocast; CUDA GPUs only)", choices=("fp32", "bf16"))
     cuda_graphs: bool = setting(  # crosssite.capture
-        True, "on a CUDA GPU, replay each training step as one CUDA graph (default: on; never on a CPU)")
+        True, "on a CUDA GPU, replay each training step as one CUDA graph (default: on; never on a CPU)",
+        execution=True)
     save_every: int = setting(  # crosssite.train.SavePacing
         0, "write last.pt (the resume state) every K epochs and after the last; 0: whenever the time since the "
-           "last write reaches 20x what that write took (writing then costs at most 5 %%)")
+           "last write reaches 20x what that write took (writing then costs at most 5 %%)", execution=True)
 
     def validate(self) -> None:
         """Reject settings that would fail later, deep inside training (or, worse, train wrongly)."""
         problems = [p for f in dataclasses.fields(self) if (p := _type_problem(f.name, getattr(self, f.name)))]
         if problems:  # the range rules below compare values, so they need the right types
             raise CrossSiteError("invalid settings: " + "; ".join(problems))
-        if self.split not in ("fold", "official"):
-            problems.append(f"split must be 'fold' or 'official', got {self.split!r}")
+        problems = [f"{f.name} must be {' or '.join(map(repr, f.metadata['choices']))}, got {getattr(self, f.name)!r}"
+                    for f in dataclasses.fields(self)
+                    if f.metadata["choices"] and getattr(self, f.name) not in f.metadata["choices"]]
         if self.folds < 2:
             problems.append(f"folds must be at least 2, got {self.folds}")
         if not 0 <= self.fold < self.folds:
@@ -124,8 +128,6 @@ class TrainConfig:
             problems.append(
                 f"kd_temperature must be positive and kd_weight in [0, 1], got {self.kd_temperature}, {self.kd_weight}"
             )
-        if self.projection_head not in ("bn-relu", "linear"):
-            problems.append(f"projection_head must be 'bn-relu' or 'linear', got {self.projection_head!r}")
         if self.tail_epochs < 1:
             problems.append(f"tail_epochs must be at least 1 (all epochs when more than epochs), got {self.tail_epochs}")
         if self.group_duplicates is not None and (self.split != "fold" or not 0 < self.group_duplicates <= 1):
@@ -137,8 +139,6 @@ class TrainConfig:
             parse_slices(self.slices)
         except CrossSiteError as e:
             problems.append(str(e))
-        if self.precision not in ("fp32", "bf16"):
-            problems.append(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.save_every < 0:
             problems.append(f"save_every must be 0 (paced by write time) or a number of epochs, got {self.save_every}")
         if problems:
@@ -159,9 +159,21 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+#: settings of how a run executes, not of what it computes: `--resume` may change them
+EXECUTION_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["execution"])
+
+
 @functools.cache
 def _field_types() -> dict[str, object]:
     return typing.get_type_hints(TrainConfig)
+
+
+def setting_type(name: str) -> type:
+    """The type of setting `name`'s values, from its annotation: int, float, bool, str or list (X | None: X)."""
+    kind = _field_types()[name]
+    if isinstance(kind, types.UnionType):
+        kind = next(t for t in typing.get_args(kind) if t is not type(None))
+    return typing.get_origin(kind) or kind
 
 
 def _type_problem(name: str, value) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import decisions, ood
+from . import decisions, ood, run_folder
 from .checkpoint import load_checkpoint
 from .operating_point import rates_with_intervals
 
@@ -42,7 +42,7 @@ def card_facts(run, rows: list[dict], patients: dict[str, str | None]) -> dict:
     (predictions.csv rows, raw P(COVID)): per site how they were fitted, ECE before / after at image
     and patient level, and sensitivity / specificity at the operating point (calibrated P) with
     percentile intervals of a bootstrap over patients (images where there are no ids)."""
-    best = run / "best.pt"
+    best = run / run_folder.BEST
     payload = load_checkpoint(best) if best.is_file() else {}
     rows = [{**r, "patient": patients.get(r["path"]) or ""} for r in rows]
     decision_of = {site: decisions.for_site(payload, site) for site in dict.fromkeys(r["site"] for r in rows)}

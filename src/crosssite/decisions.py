@@ -15,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import calibration, distributed, ood
+from . import calibration, distributed, ood, run_folder
 from .checkpoint import load_checkpoint, load_trained, rewrite_checkpoint
 from .config import EVAL_BATCH_SIZE
 from .data.sites import LABEL_NAMES
 from .inference import predict_proba
+from .inputs import result_rows
 from .io import atomic_write_json
 from .operating_point import DEFAULT_RULE, DEFAULT_SENSITIVITY, FALLBACK, choose, rates
 from .scans import AGGREGATE, TOP_K, level_groups
 
 DECISIONS_KEY = "decisions"
-DECISIONS_FILE = "decisions.json"
 #: where calibration and the operating point are measured: each image (slice), each scan, each patient
 LEVELS = ("image", "scan", "patient")
 UNCALIBRATED = "uncalibrated (no calibration map for this site: fit one with crosssite calibrate)"
@@ -52,13 +52,13 @@ def fit_site(method, index: int, images: np.ndarray, labels: np.ndarray, source:
 def fit_run(checkpoint: Path, data, batch_size: int = EVAL_BATCH_SIZE, device: str = "auto",
             rule: str = DEFAULT_RULE, sensitivity: float = DEFAULT_SENSITIVITY) -> dict:
     """Fit every site of a run (crosssite.evaluate.RunData) on its validation part and store the result in
-    `checkpoint` and in DECISIONS_FILE beside it (the trainer calls this on best.pt before testing it);
+    `checkpoint` and in run_folder.DECISIONS beside it (the trainer calls this on best.pt before testing it);
     return the decisions."""
     decisions = fit_validation(load_trained(checkpoint, device), data, batch_size, rule, sensitivity)
     if distributed.is_main():
         store(checkpoint, decisions)
         # beside it as JSON too: a sweep's report reads it where the job's checkpoint is not kept
-        atomic_write_json(Path(checkpoint).parent / DECISIONS_FILE, decisions)
+        atomic_write_json(Path(checkpoint).parent / run_folder.DECISIONS, decisions)
     distributed.barrier()
     return decisions
 
@@ -156,12 +156,10 @@ def ood_rates(trained, images_of: dict[str, np.ndarray], batch_size: int = EVAL_
 
 def decide_rows(inputs, raw_probs, decision: dict, distances=None, ood_thresholds=None, how: str = AGGREGATE,
                 top_k: int = TOP_K, extra: dict | None = None, threshold: float | None = None) -> list[dict]:
-    """predict's rows (crosssite.predict.result_rows) from the raw P(COVID) of every image / slice, decided
+    """predict's rows (crosssite.inputs.result_rows) from the raw P(COVID) of every image / slice, decided
     with the predicting site's `decision`: P(COVID) calibrated (the raw one kept as p_uncalibrated), the
     label at its operating point (or at `threshold`, given), and, where `distances` (N, sites) and every
     site's OOD threshold are known, the OOD flag of each image, slice and scan (crosssite.ood)."""
-    from .predict import result_rows
-
     raw = np.asarray(raw_probs, dtype=np.float64)
     probs = calibration.apply(decision["calibration"], raw)
     cut = decision["operating_point"]["threshold"] if threshold is None else float(threshold)

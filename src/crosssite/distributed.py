@@ -39,29 +39,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .capture import CapturedUpdate
 from .data.transforms import normalize
 from .errors import CrossSiteError
+from .ranks import active, barrier, is_main, rank, world_size  # noqa: F401  (this module's names too)
 from .runtime import prepare_input, prepare_model
-
-
-def active() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    return dist.get_world_size() if active() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if active() else 0
-
-
-def is_main() -> bool:
-    """True in the one process that writes files (rank 0, or the only process)."""
-    return rank() == 0
-
-
-def barrier() -> None:
-    if active():
-        dist.barrier()
 
 
 def device(requested: str = "auto") -> torch.device:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import decisions
+from . import decisions, run_folder
 from .checkpoint import load_trained
 from .config import EVAL_BATCH_SIZE
 from .data.images import DecodedCache
@@ -95,7 +95,7 @@ def evaluate_checkpoint(checkpoint: str, part: str = "test", data: str | None = 
     if unknown:  # raises: says to adapt the site first or to pass --as-site
         trained.site_index(unknown[0])
     loaded = {n: loaded[n] for n in bn_sites}
-    split_path = Path(split_file) if split_file else Path(checkpoint).parent / "split.json"
+    split_path = Path(split_file) if split_file else Path(checkpoint).parent / run_folder.SPLIT
     fold_used = config.fold if fold is None else fold
     if part == "all":
         splits, source = {n: {"all": list(range(len(s)))} for n, s in loaded.items()}, "every image of each site"

@@ -1,4 +1,5 @@
-"""Deployment files: one site's folded network as ONNX or TorchScript, checked against PyTorch first.
+"""Deployment files: one site's folded network in an export format (crosssite.export_formats: ONNX,
+TorchScript), checked against PyTorch first.
 
 The exported network is crosssite's fast predictor for one site (crosssite.inference: that site's batch
 norms folded into the layers before them) in torch's own layers (`as_torch_layers`), so that exporters
@@ -13,8 +14,8 @@ channels and normalised with the ImageNet mean and std (crosssite.data.transform
 The two statistics outputs (absent for a method without site-specific batch norm) let `predict --site
 auto` compare new images with each site's batch-norm statistics without PyTorch (crosssite.exported).
 
-Metadata travel inside the file, as one JSON document under the key `crosssite` (ONNX metadata_props;
-TorchScript extra file `crosssite.json`): the input's shape and preprocessing, the site, the method and
+Metadata travel inside the file, as one JSON document (each format says where it keeps it): the input's
+shape and preprocessing (crosssite.preprocessing), the site, the method and
 its config, the site's batch-norm statistics and the agreement measured when the file was written.
 
 Every export is run on real images (the run's own test images of that site from split.json, else the
@@ -24,40 +25,30 @@ TOLERANCE on any image, or which changes any label, is refused and never written
 
 from __future__ import annotations
 
-import contextlib
-import json
-import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import run_folder
 from .checkpoint import load_trained
 from .config import EVAL_BATCH_SIZE
-from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.sites import SAMPLE_DATA, is_image
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
+from .data.transforms import to_tensor
 from .errors import CrossSiteError
+from .export_formats import (EXPORT_FORMAT, EXPORT_VERSION, INPUT, OUTPUTS, export_format, load_export, p_covid,
+                             set_metadata)
 from .inference import fold_batch_norms, predict_proba, site_network
 from .io import atomic_write, sha256_of
 from .metrics import is_covid
 from .models.layers import as_torch_layers
 from .models.site_bn import SiteBatchNorm
+from .preprocessing import Preprocessing
 
-FORMATS = ("onnx", "torchscript")
-METADATA_KEY = "crosssite"
-TORCHSCRIPT_METADATA = "crosssite.json"
-EXPORT_FORMAT = "crosssite-export"
-EXPORT_VERSION = 1
 #: largest |P(COVID) difference| allowed between an export and the PyTorch predictor on any check image
 TOLERANCE = 1e-4
-ONNX_OPSET = 17
-ONNX_EXTRA = "pip install -e '.[onnx]'"
-INPUT = "image"
-OUTPUTS = ("logits", "bn_mean", "bn_sq_mean")
 
 
 class _Tap(nn.Module):
@@ -105,6 +96,11 @@ class ExportNetwork(nn.Module):
         super().__init__()
         self.net = net
         self.kept = kept
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The names of what forward returns: logits, and the statistics outputs if any batch norm is tapped."""
+        return OUTPUTS if any(isinstance(m, _Tap) for m in self.modules()) else OUTPUTS[:1]
 
     def forward(self, x: torch.Tensor):
         self.kept.clear()
@@ -173,11 +169,10 @@ def export_network(method, site: int) -> tuple[ExportNetwork, list[dict]]:
 def check_images(checkpoint: Path, site: str) -> tuple[list[Path], str]:
     """The images an export is checked on: the run's test images of `site` (split.json beside the
     checkpoint), else the shipped sample's images of that site, else the whole shipped sample."""
-    split_file = Path(checkpoint).parent / "split.json"
+    split_file = Path(checkpoint).parent / run_folder.SPLIT
     try:
-        stored = json.loads(split_file.read_text(encoding="utf-8"))["sites"][site]["test"]
-        paths = [Path(p) for p in stored if Path(p).is_file()]
-    except (OSError, ValueError, KeyError, TypeError):
+        paths = [Path(p) for p in run_folder.read_split_paths(split_file)[site]["test"] if Path(p).is_file()]
+    except (CrossSiteError, KeyError, TypeError):
         paths = []
     if paths:
         return paths, f"the run's test images of {site} ({split_file})"
@@ -185,154 +180,26 @@ def check_images(checkpoint: Path, site: str) -> tuple[list[Path], str]:
     return sorted(p for p in folder.rglob("*") if is_image(p)), f"the shipped sample ({folder})"
 
 
-def write_onnx(model: ExportNetwork, example: torch.Tensor, path: Path) -> None:
-    outputs = list(OUTPUTS if _tapped(model) else OUTPUTS[:1])
-    with warnings.catch_warnings():  # the legacy exporter's deprecation note and the input check's trace note
-        warnings.simplefilter("ignore")
-        # the TorchScript-based exporter (dynamo=False): the dynamo one needs onnxscript, another dependency
-        torch.onnx.export(model, (example,), str(path), input_names=[INPUT], output_names=outputs,
-                          dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]},
-                          opset_version=ONNX_OPSET, dynamo=False)
-
-
-def _write_torchscript(model: ExportNetwork, example: torch.Tensor, path: Path) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the input check's trace note
-        torch.jit.save(torch.jit.trace(model, (example,), check_trace=False), str(path))
-
-
-@contextlib.contextmanager
-def _deprecation_notes_silenced():
-    """torch 2.13 calls torch.jit.save/load deprecated; the user of an export cannot act on that note."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        yield
-
-
-def _tapped(model: ExportNetwork) -> bool:
-    return any(isinstance(m, _Tap) for m in model.modules())
-
-
-def _set_metadata(path: Path, metadata: dict) -> None:
-    """Put the metadata document into an export file (replacing any earlier one)."""
-    text = json.dumps(metadata)
-    if zipfile.is_zipfile(path):
-        with _deprecation_notes_silenced():
-            torch.jit.save(torch.jit.load(str(path), map_location="cpu"), str(path),
-                           _extra_files={TORCHSCRIPT_METADATA: text})
-        return
-    import onnx
-
-    proto = onnx.load(str(path))
-    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    proto.metadata_props.add(key=METADATA_KEY, value=text)
-    onnx.save(proto, str(path))
-
-
-def load_export(path: Path, threads: int | None = None):
-    """(run, metadata): `run` maps a (N, 3, S, S) float32 array to the export's outputs (list of arrays)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CrossSiteError(f"{path}: no such export file")
-    if zipfile.is_zipfile(path):  # TorchScript archives are zip files
-        extra = {TORCHSCRIPT_METADATA: ""}
-        try:
-            with _deprecation_notes_silenced():
-                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except RuntimeError:
-            raise CrossSiteError(f"{path}: not a crosssite export (not a TorchScript or ONNX file)") from None
-
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            with torch.no_grad():
-                out = module(torch.from_numpy(x))
-            return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
-
-        return run, _parse_metadata(path, extra[TORCHSCRIPT_METADATA])
-    ort = import_onnxruntime()
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception:  # onnxruntime has its own exception types for a file that is not ONNX
-        raise CrossSiteError(f"{path}: not a crosssite export (not a TorchScript or ONNX file)") from None
-    metadata = _parse_metadata(path, session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
-    return (lambda x: session.run(None, {INPUT: x})), metadata
-
-
-def _parse_metadata(path: Path, text: str | None) -> dict:
-    if not text:
-        raise CrossSiteError(f"{path}: not a crosssite export (no {METADATA_KEY!r} metadata); "
-                             f"make one with: crosssite export CKPT --site NAME --out FILE")
-    metadata = json.loads(text)
-    if metadata.get("format") != EXPORT_FORMAT or metadata.get("version") != EXPORT_VERSION:
-        raise CrossSiteError(f"{path}: export format {metadata.get('format')} version {metadata.get('version')} "
-                             f"is not supported (expected {EXPORT_FORMAT} {EXPORT_VERSION})")
-    return metadata
-
-
-def scan_settings(metadata: dict) -> tuple[list[float], str]:
-    """(HU window, slice selection) that CT scans get before an export sees them: the input's, or for
-    files written before the input named them, the config's (the same values)."""
-    source = metadata["input"] if "window" in metadata["input"] else metadata["config"]
-    return source["window"], source["slices"]
-
-
-def is_torchscript_export(path: Path) -> bool:
-    """A TorchScript archive with crosssite metadata (a checkpoint is a zip file too, without it)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith(f"/extra/{TORCHSCRIPT_METADATA}") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def read_metadata(path: Path) -> dict:
-    """The crosssite metadata of an export file (ONNX or TorchScript)."""
-    return load_export(path)[1]
-
-
-def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise CrossSiteError(f"the onnxruntime backend needs the optional extra: {ONNX_EXTRA}") from None
-    return onnxruntime
-
-
 def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_size: int = EVAL_BATCH_SIZE) -> dict:
     """Export one site's network of `checkpoint` to `out`, checked against PyTorch; return its metadata."""
     checkpoint, out = Path(checkpoint), Path(out)
-    if fmt not in FORMATS:
-        raise CrossSiteError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if fmt == "onnx":
-        try:
-            import onnx  # noqa: F401  (the writer adds the metadata with it)
-        except ImportError:
-            raise CrossSiteError(f"ONNX export needs the optional extra: {ONNX_EXTRA}") from None
-        import_onnxruntime()  # the agreement check runs the file
+    form = export_format(fmt)
+    form.check_installed()
     trained = load_trained(checkpoint)
     method, config, site_names, payload = trained.method, trained.config, trained.site_names, trained.payload
     index = trained.site_index(site)
     if out.is_dir():
-        raise CrossSiteError(f"--out {out}: is a folder; give the export's file name, e.g. {out / (site + '.' + fmt)}")
+        raise CrossSiteError(f"--out {out}: is a folder; give the export's file name, e.g. {out / (site + form.suffix)}")
     model, statistics = export_network(method, index)
     paths, source = check_images(checkpoint, site)
-    images = DecodedCache(config.image_size, config.window).eval_batch(paths)  # CT test slices: the run's window
-    size = config.image_size
+    preprocessing = Preprocessing.of(config)
+    images = preprocessing.cache().eval_batch(paths)  # CT test slices: the run's window
+    size = preprocessing.image_size
     metadata = {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
         "site": site, "site_names": site_names, "method": payload["method"], "backbone": config.backbone,
         "config": config.to_dict(), "checkpoint": str(checkpoint), "epoch": payload.get("epoch"),
-        "input": {"name": INPUT, "shape": ["batch", 3, size, size], "dtype": "float32", "image_size": size,
-                  "preprocessing": "gray image resized to image_size x image_size (bilinear), scaled to [0, 1], "
-                                   "replicated to 3 channels, (x - mean) / std per channel; a CT scan's slices "
-                                   "(slices: 'all' or START:STOP[:STEP]) are gray through the HU window "
-                                   "[width, level]: level - width/2 -> 0, level + width/2 -> 255",
-                  "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                  "window": [float(v) for v in config.window], "slices": config.slices},
+        "input": {"name": INPUT, "shape": ["batch", 3, size, size], "dtype": "float32", **preprocessing.to_dict()},
         "outputs": {"logits": "(batch, 2): NonCOVID, COVID; P(COVID) = softmax(logits)[:, 1]",
                     **({"bn_mean": "(batch, C): per image, spatial mean of each channel after the site batch norms "
                                    "of bn_statistics (concatenated in that order)",
@@ -344,13 +211,12 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
         "checkpoint_sha256": sha256_of(checkpoint),
     }
     reference = predict_proba(method, images, index, batch_size)
-    write = write_onnx if fmt == "onnx" else _write_torchscript
 
     def write_checked(tmp: Path) -> None:
         metadata["agreement"] = {"images": len(paths), "source": source, "tolerance": TOLERANCE}
-        write(model, to_tensor(images[:1]), tmp)
-        _set_metadata(tmp, metadata)
-        run, _ = load_export(tmp)
+        form.write(model, to_tensor(images[:1]), tmp)
+        set_metadata(tmp, metadata, form)
+        run, _ = load_export(tmp, fmt=form)
         exported = np.concatenate([p_covid(run(to_tensor(images[idx]).numpy())[0])
                                    for idx in eval_batches(len(images), batch_size)])
         diff = float(np.abs(exported - reference).max())
@@ -360,7 +226,7 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
                 f"{out}: not written: the {fmt} export disagrees with PyTorch on {source}: max |P(COVID) "
                 f"difference| {diff:.2e} (tolerance {TOLERANCE:.0e}), {flips} label(s) changed")
         metadata["agreement"].update(max_abs_diff=diff, label_flips=flips)
-        _set_metadata(tmp, metadata)
+        set_metadata(tmp, metadata, form)
 
     try:
         atomic_write(out, write_checked)
@@ -368,8 +234,3 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
         raise CrossSiteError(f"--out {out}: cannot write ({e.strerror})") from None
     return metadata
 
-
-def p_covid(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted[:, 1] / shifted.sum(axis=1)

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend needed
 
 from .checkpoint import load_trained
-from .data.images import DecodedCache
 from .data.sampling import eval_batches
 from .data.transforms import to_tensor
 from .errors import CrossSiteError
 from .io import atomic_write
 from .metrics import LABEL_NAMES, label_name
-from .predict import expand_inputs
+from .inputs import expand_inputs
+from .preprocessing import Preprocessing
 
 COVID = 1
 
@@ -59,7 +59,7 @@ def upsample(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 def explain(method, config, site: int, paths: list[Path], target: int = COVID) -> list[dict]:
     """Per image: the grayscale original, its Grad-CAM map at the original's size, and P(COVID)."""
-    cache = DecodedCache(config.image_size, config.window)
+    cache = Preprocessing.of(config).cache()
     dtype = next(method.parameters()).dtype
     parts = [grad_cam(method, site, to_tensor(cache.eval_batch([paths[i] for i in idx])).to(dtype), target)
              for idx in eval_batches(len(paths), config.eval_batch_size)]

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from . import distributed
+from . import ranks
 from .errors import CrossSiteError, CrossSiteWarning
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`."""
-    if not distributed.is_main():
+    if not ranks.is_main():
         return
     path = Path(path)
     try:
@@ -63,7 +63,7 @@ def atomic_write_json(path: Path, obj) -> None:
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line and flush it to disk; a torn last line (see `read_jsonl`) is cut off first,
     so that the new line does not continue it."""
-    if not distributed.is_main():
+    if not ranks.is_main():
         return
     path = Path(path)
     try:

@@ -1,6 +1,6 @@
 """Out-of-distribution flag: an image (or scan) further from every known site than that site's own images.
 
-An image's distance to site s is the distance `--site auto` uses (crosssite.predict: the symmetric KL
+An image's distance to site s is the distance `--site auto` uses (crosssite.inputs: the symmetric KL
 divergence between the Gaussian of a batch norm's incoming activations and s's running statistics,
 averaged over channels and then over the site's batch norms on the prediction path), computed from the
 one image's activations (per channel, over its spatial positions) instead of a whole set's.
@@ -18,15 +18,10 @@ import torch
 from .config import EVAL_BATCH_SIZE
 from .data.sampling import eval_batches
 from .data.transforms import to_tensor
+from .inputs import symmetric_kl
 
 #: share of a site's own validation images that fall within its threshold
 QUANTILE = 0.95
-
-
-def symmetric_kl(m, v, mu, var):
-    """Symmetric KL divergence of N(m, v) and N(mu, var), elementwise (tensors or arrays)."""
-    d2 = (m - mu) ** 2
-    return ((v + d2) / var + (var + d2) / v) / 2 - 1
 
 
 def kl_to_running(mean: torch.Tensor, var: torch.Tensor, bn) -> torch.Tensor:

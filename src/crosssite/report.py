@@ -11,7 +11,6 @@ duplicate-grouped folds. Everything is computed from the folder: the same folder
 
 from __future__ import annotations
 
-import csv
 import math
 import zlib
 from collections import defaultdict
@@ -28,6 +27,7 @@ from .metrics import is_covid
 from .io import atomic_write_csv, atomic_write_text
 from .scans import describe, level_metrics
 from .stats import BOOTSTRAP_REPLICATES, bootstrap_auc, cv_paired_difference, paired_difference, percentile_interval
+from .run_folder import BEST, PREDICTIONS, TAIL_PREDICTIONS, read_predictions
 from .paper import COMPARED_METRIC, COMPARISONS, FIG3_PANELS, OURS, ROW_BY_NAME, TABLE1_METRICS, Row, planned_names
 from .sweep import EXTENSIONS, PROVENANCE, job_name, read_results, read_sweep_settings
 
@@ -138,11 +138,6 @@ def _table1_grid(res: SweepResults, entries: list[dict], site: str, latex: bool)
 EPOCH_CHOICES = {"best_val": "validation-chosen epoch", "final": "final epoch", "last_k": "mean of the last k epochs"}
 
 
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def job_aucs(res: SweepResults, job: dict) -> dict[tuple[str, str], tuple[float, np.ndarray]]:
     """(site, epoch choice) -> (test AUC, its bootstrap replicates) of one job.
 
@@ -150,9 +145,9 @@ def job_aucs(res: SweepResults, job: dict) -> dict[tuple[str, str], tuple[float,
     fixed random stream, shared by the three choices so that they are compared on the same draws.
     """
     folder = res.folder / job["folder"]
-    best_rows = _read_csv(folder / "predictions.csv")
-    tail_file = folder / "tail_predictions.csv"
-    tail_rows = _read_csv(tail_file) if tail_file.is_file() else []
+    best_rows = read_predictions(folder / PREDICTIONS)
+    tail_file = folder / TAIL_PREDICTIONS
+    tail_rows = read_predictions(tail_file) if tail_file.is_file() else []
     out = {}
     for site in res.sites:
         rows = [r for r in best_rows if r["site"] == site]
@@ -221,7 +216,7 @@ def patient_level(res: SweepResults) -> list[dict]:
     for row in res.rows:
         values = defaultdict(list)
         for job in res.ok(row.name):
-            patients = level_metrics(_read_csv(res.folder / job["folder"] / "predictions.csv"))["patient"]
+            patients = level_metrics(read_predictions(res.folder / job["folder"] / PREDICTIONS))["patient"]
             for site, metrics in patients.items():
                 if not math.isnan(metrics["auc"]):
                     values[site].append((100 * metrics["auc"], metrics["n"]))
@@ -369,13 +364,12 @@ def pooled_predictions(res: SweepResults, row: str) -> dict[str, tuple[np.ndarra
     """Per site, (labels, P(COVID)) of the test images of all the row's finished jobs together."""
     pooled = defaultdict(lambda: ([], []))
     for job in res.ok(row):
-        path = res.folder / job["folder"] / "predictions.csv"
+        path = res.folder / job["folder"] / PREDICTIONS
         if not path.is_file():
             raise CrossSiteError(f"{path}: missing, though results.jsonl records job {job['job']} as finished")
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                pooled[r["site"]][0].append(int(r["label"]))
-                pooled[r["site"]][1].append(float(r["p_covid"]))
+        for r in read_predictions(path):
+            pooled[r["site"]][0].append(int(r["label"]))
+            pooled[r["site"]][1].append(float(r["p_covid"]))
     return {site: (np.array(y), np.array(p)) for site, (y, p) in pooled.items()}
 
 
@@ -406,15 +400,14 @@ def gradcam_figures(res: SweepResults, examples: int) -> tuple[dict[str, Figure]
     from .checkpoint import load_trained
     from .gradcam import draw_overlay, explain
 
-    jobs = [j for j in res.ok(OURS) if (res.folder / j["folder"] / "best.pt").is_file()]
+    jobs = [j for j in res.ok(OURS) if (res.folder / j["folder"] / BEST).is_file()]
     if not jobs:
         return {}, f"No Grad-CAM figures: no finished `{OURS}` job with its best.pt in {res.folder / 'jobs'}."
     job = jobs[0]
-    checkpoint = res.folder / job["folder"] / "best.pt"
+    checkpoint = res.folder / job["folder"] / BEST
     trained = load_trained(checkpoint)
     trained.method.double()  # float64: the figures do not depend on the thread count's summation order
-    with open(res.folder / job["folder"] / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_predictions(res.folder / job["folder"] / PREDICTIONS)
     figures, unreadable = {}, []
     for site in res.sites:
         here = [r for r in rows if r["site"] == site]

@@ -3,14 +3,13 @@ fitted on its validation part) applied to its test predictions, per row, site an
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import defaultdict
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import calibration, decisions
+from . import calibration, decisions, run_folder
 from .gradcam import save_figure
 from .io import atomic_write_csv
 from .paper import ROW_BY_NAME
@@ -18,9 +17,8 @@ from .paper import ROW_BY_NAME
 
 def _job_rows(folder) -> tuple[list[dict], dict | None]:
     """A finished job's test prediction rows and its decisions (None where the job predates them)."""
-    with open(folder / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    path = folder / decisions.DECISIONS_FILE
+    rows = run_folder.read_predictions(folder / run_folder.PREDICTIONS)
+    path = folder / run_folder.DECISIONS
     return rows, json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from . import run_folder
 from .config import EXECUTION_SETTINGS, TrainConfig
 from .errors import CrossSiteError, print_warning
 from .io import append_jsonl, atomic_write_text, read_jsonl, read_yaml
@@ -108,7 +109,7 @@ def code_commit() -> str:
 
 
 def finished(job: Job, records: list[dict]) -> bool:
-    return (job.folder / "metrics.json").exists() and any(
+    return (job.folder / run_folder.METRICS).exists() and any(
         r["job"] == job.name and r["status"] == "ok" for r in records
     )
 
@@ -135,7 +136,7 @@ def run_job(job: Job, device: str | None = None) -> dict:
     try:
         # resume whatever the job folder holds: a cut run (with or without last.pt yet), or a finished one
         # whose results line was lost (train then returns its metrics.json)
-        metrics = train(job.config, resume=(job.folder / "config.yaml").exists(), progress=False, device=device)
+        metrics = train(job.config, resume=(job.folder / run_folder.CONFIG).exists(), progress=False, device=device)
     except Exception as e:  # a failed job is recorded and the sweep goes on; Ctrl-C still stops it
         return {**record, "status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": round(time.time() - started, 2)}
     return {
@@ -330,7 +331,7 @@ def run_sweep(
             append_jsonl(results, record)
             written.append(record)
             if record["status"] == "ok":
-                (job.folder / "last.pt").unlink(missing_ok=True)
+                (job.folder / run_folder.LAST).unlink(missing_ok=True)
             else:
                 bar.write(f"{job.name} failed: {record['error']}")
             bar.update()

@@ -1,6 +1,6 @@
 """The training loop: joint per-site batches, cosine schedule, checkpoint selection on validation, resume.
 
-Run folder (`config.out`):
+Run folder (`config.out`; the names: crosssite.run_folder):
   config.yaml       resolved settings (reload with `crosssite train --config`)
   split.json        the exact train/val/test images of every site
   train_log.jsonl   one line per epoch: losses, learning rate, validation metrics
@@ -16,7 +16,6 @@ Run folder (`config.out`):
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import decisions, distributed
+from . import decisions, distributed, run_folder
 from .checkpoint import load_checkpoint, load_trained, save_checkpoint
 from .config import EXECUTION_SETTINGS, TrainConfig, load_config, save_config
 from .data.images import DecodedCache
@@ -36,7 +35,7 @@ from .data.splits import load_splits, make_splits, save_splits
 from .data.transforms import random_crop_flip
 from .errors import CrossSiteError, DivergedError
 from .evaluate import RunData, evaluate_part
-from .io import append_jsonl, atomic_write_csv, atomic_write_json, atomic_write_text, read_jsonl
+from .io import append_jsonl, atomic_write_text, read_jsonl
 from .metrics import mean_auc, site_metrics
 from .scans import describe, level_metrics
 from .methods import check_method, create_method
@@ -73,7 +72,7 @@ def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = 
     so bad data fails before a run folder is started."""
     sites = load_sites(Path(config.data) if config.data else None, config.sites, config.slices)
     refuse_shared_images(sites)
-    split_file = out / "split.json"
+    split_file = out / run_folder.SPLIT
     if resume and split_file.exists():
         splits = load_splits(split_file, sites)
     else:
@@ -122,13 +121,14 @@ def _save_best(out: Path, method, config: TrainConfig, names: list[str], improve
                best: dict[str, float], best_epochs: dict[str, int], epoch: int) -> None:
     """Write best.pt; per-site selection keeps the other sites' networks from their own best epochs."""
     state = method.state_dict()
-    if improved != ["mean"] and (out / "best.pt").exists():
-        kept = load_checkpoint(out / "best.pt", expect_method=method.name)["model"]
+    if improved != ["mean"] and (out / run_folder.BEST).exists():
+        kept = load_checkpoint(out / run_folder.BEST, expect_method=method.name)["model"]
         for site in set(names) - set(improved):
             prefix = method.site_state_prefix(names.index(site))
             state.update({k: v for k, v in kept.items() if k.startswith(prefix)})
     scores = [v for v in best.values() if not math.isnan(v)]
-    save_checkpoint(out / "best.pt", method, config, names, model=state, epoch=epoch, site_epochs=dict(best_epochs),
+    save_checkpoint(out / run_folder.BEST, method, config, names, model=state, epoch=epoch,
+                    site_epochs=dict(best_epochs),
                     val_mean_auc=float(np.mean(scores)) if scores else float("nan"))
 
 
@@ -136,14 +136,8 @@ def _write_tail_predictions(path: Path, epoch: int, rows: list[dict]) -> None:
     """Add this epoch's test predictions, replacing any of this or later epochs (a resumed epoch)."""
     kept = []
     if path.exists():
-        with open(path, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
-    write_predictions(path, kept + [{"epoch": epoch, **r} for r in rows])
-
-
-#: the files of a run folder: any of them means the folder holds a run, finished or not
-RUN_FILES = ("config.yaml", "split.json", "train_log.jsonl", "last.pt", "best.pt", "metrics.json", "predictions.csv",
-             "tail_predictions.csv")
+        kept = [r for r in run_folder.read_predictions(path) if int(r["epoch"]) < epoch]
+    run_folder.write_predictions(path, kept + [{"epoch": epoch, **r} for r in rows])
 
 
 def check_run_folder(out: Path, resume: bool) -> bool:
@@ -154,13 +148,13 @@ def check_run_folder(out: Path, resume: bool) -> bool:
     """
     if out.exists() and not out.is_dir():
         raise CrossSiteError(f"{out}: --out names a file, not a run folder")
-    held = [name for name in RUN_FILES if (out / name).exists()]
+    held = [name for name in run_folder.FILES if (out / name).exists()]
     if not held:
         return False
     if not resume:
         raise CrossSiteError(f"{out}: holds a run already ({', '.join(held)}); pass --resume to continue it "
                              "or choose another --out")
-    if "config.yaml" not in held:
+    if run_folder.CONFIG not in held:
         raise CrossSiteError(f"{out}: cannot --resume without its config.yaml (the folder holds {', '.join(held)}); "
                              "choose another --out")
     return True
@@ -169,29 +163,18 @@ def check_run_folder(out: Path, resume: bool) -> bool:
 def _resume_state(out: Path, method, scheduler) -> tuple[int, dict[str, float], dict[str, int]]:
     """Load last.pt (if one was saved) into the method; drop log lines of epochs it does not hold."""
     epoch, best, best_epochs = 0, {}, {}
-    last = out / "last.pt"
+    last = out / run_folder.LAST
     if last.exists():
         ckpt = load_checkpoint(last, expect_method=method.name)
         method.load_state_dict(ckpt["model"])
         method.optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         epoch, best, best_epochs = int(ckpt["epoch"]), dict(ckpt["best_val_auc"]), dict(ckpt["best_epochs"])
-    log = out / "train_log.jsonl"
+    log = out / run_folder.TRAIN_LOG
     if log.exists():
         kept = [r for r in read_jsonl(log) if r["epoch"] <= epoch]
         atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
     return epoch, best, best_epochs
-
-
-def finished_metrics(out: Path) -> dict | None:
-    """metrics.json of a finished run (it is written last), or None while the run is not finished."""
-    path = out / "metrics.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CrossSiteError(f"{path}: damaged (not JSON); the run's best.pt can be tested with crosssite evaluate") from None
 
 
 def _stop_if_diverged(method, out: Path, first_epoch: int, steps_per_epoch: int) -> None:
@@ -203,7 +186,7 @@ def _stop_if_diverged(method, out: Path, first_epoch: int, steps_per_epoch: int)
     at, loss = found
     epoch, step = first_epoch + (at - 1) // steps_per_epoch + 1, (at - 1) % steps_per_epoch + 1
     what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became non-finite (loss {loss})"
-    kept = f"last good checkpoint: {out / 'last.pt'}" if (out / "last.pt").exists() else "no checkpoint yet"
+    kept = f"last good checkpoint: {out / 'last.pt'}" if (out / run_folder.LAST).exists() else "no checkpoint yet"
     raise DivergedError(f"{out}: {what} at epoch {epoch}, step {step}; training stopped ({kept})")
 
 
@@ -220,16 +203,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
     distributed.barrier()
     progress = progress and distributed.is_main()
     if resume:
-        _check_same_settings(config, out / "config.yaml")
-        if (done := finished_metrics(out)) is not None:
+        _check_same_settings(config, out / run_folder.CONFIG)
+        if (done := run_folder.read_metrics(out)) is not None:
             return done  # a finished run: nothing to continue, nothing changes
 
     data = prepare_data(config, out, resume, progress)
     if not resume:
-        save_config(config, out / "config.yaml")
-    if not (out / "split.json").exists():
+        save_config(config, out / run_folder.CONFIG)
+    if not (out / run_folder.SPLIT).exists():
         settings = {k: getattr(config, k) for k in ("split", "fold", "folds", "seed", "group_duplicates")}
-        save_splits(out / "split.json", data.sites, data.splits, settings=settings)
+        save_splits(out / run_folder.SPLIT, data.sites, data.splits, settings=settings)
     _seed_everything(config.seed)
     method = create_method(config.method, len(data.sites), config)
     update = distributed.make_update(method, device)  # channels_last; under torchrun: this rank's share, DDP
@@ -274,7 +257,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
             "best": is_best,
             "seconds": round(time.time() - started, 2),
         }
-        append_jsonl(out / "train_log.jsonl", record)
+        append_jsonl(out / run_folder.TRAIN_LOG, record)
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1}/{config.epochs}  loss {record['loss']:.4f}  val AUC "
@@ -287,11 +270,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
             _save_best(out, method, config, names, improved, best, best_epochs, epoch + 1)
         if epoch >= config.epochs - config.tail_epochs:
             _, test_rows = evaluate_part(method, data, "test", config.eval_batch_size)  # every rank takes part
-            _write_tail_predictions(out / "tail_predictions.csv", epoch + 1, test_rows)
+            _write_tail_predictions(out / run_folder.TAIL_PREDICTIONS, epoch + 1, test_rows)
         if pacing.due(epoch + 1, config.epochs, time.time() - started):
             writing = time.time()
             save_checkpoint(
-                out / "last.pt",
+                out / run_folder.LAST,
                 method,
                 config,
                 names,
@@ -303,17 +286,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
             )
             pacing.written(time.time() - writing)
 
-    if not (out / "best.pt").exists():  # validation AUC undefined every epoch: fall back to the last epoch
-        save_checkpoint(out / "best.pt", method, config, names, epoch=config.epochs, site_epochs={},
+    if not (out / run_folder.BEST).exists():  # validation AUC undefined every epoch: fall back to the last epoch
+        save_checkpoint(out / run_folder.BEST, method, config, names, epoch=config.epochs, site_epochs={},
                         val_mean_auc=float("nan"))
     distributed.barrier()  # torchrun: rank 0 has written best.pt
-    decisions.fit_run(out / "best.pt", data, config.eval_batch_size, device)  # calibration etc., on validation
+    decisions.fit_run(out / run_folder.BEST, data, config.eval_batch_size, device)  # calibration etc., on validation
     return test_best(config, data, out, device)
 
 
 def test_best(config: TrainConfig, data: RunData, out: Path, device: str = "auto") -> dict:
     """Evaluate best.pt on the test part and write metrics.json and predictions.csv."""
-    trained = load_trained(out / "best.pt", device, expect_method=config.method)
+    trained = load_trained(out / run_folder.BEST, device, expect_method=config.method)
     best = trained.payload
     per_site, rows = evaluate_part(trained.method, data, "test", config.eval_batch_size)
     metrics = {
@@ -326,12 +309,12 @@ def test_best(config: TrainConfig, data: RunData, out: Path, device: str = "auto
         "site_best_epochs": dict(best.get("site_epochs", {})),
         "val_mean_auc": float(best["val_mean_auc"]),
         "sites": per_site,
-        "tail_auc": tail_auc(out / "tail_predictions.csv"),
+        "tail_auc": tail_auc(out / run_folder.TAIL_PREDICTIONS),
         "aggregate": describe(),  # level_metrics' default: how slices become a scan's or a patient's P(COVID) in the next two
         **{f"{level}s": by_site for level, by_site in level_metrics(rows).items()},
     }
-    write_predictions(out / "predictions.csv", rows)
-    atomic_write_json(out / "metrics.json", metrics)  # last: it marks the run finished
+    run_folder.write_predictions(out / run_folder.PREDICTIONS, rows)
+    run_folder.write_metrics(out, metrics)  # last: it marks the run finished
     return metrics
 
 
@@ -340,17 +323,11 @@ def tail_auc(path: Path) -> dict[str, dict[str, float]]:
     if not path.exists():
         return {}
     by_site = {}
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            by_site.setdefault(r["site"], {}).setdefault(r["epoch"], ([], []))
-            labels, probs = by_site[r["site"]][r["epoch"]]
-            labels.append(int(r["label"]))
-            probs.append(float(r["p_covid"]))
+    for r in run_folder.read_predictions(path):
+        by_site.setdefault(r["site"], {}).setdefault(r["epoch"], ([], []))
+        labels, probs = by_site[r["site"]][r["epoch"]]
+        labels.append(int(r["label"]))
+        probs.append(float(r["p_covid"]))
     return {site: {epoch: site_metrics(np.array(y), np.array(p))["auc"] for epoch, (y, p) in epochs.items()}
             for site, epochs in by_site.items()}
 
-
-def write_predictions(path: Path, rows: list[dict]) -> None:
-    """Prediction rows as CSV (columns: `epoch` first when the rows have one, then site, path, patient, label, P)."""
-    fields = ["site", "path", "patient", "label", "p_covid"]
-    atomic_write_csv(path, rows, (["epoch"] if rows and "epoch" in rows[0] else []) + fields)

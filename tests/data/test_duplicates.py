@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from crosssite.data.duplicates import duplicate_groups, exact_pairs, fingerprints, similar_pairs
+from crosssite.data.volumes import LUNG_WINDOW
 
 
 @pytest.fixture
@@ -25,14 +26,14 @@ def images(tmp_path):
 
 def test_exact_pairs_compare_pixels_not_bytes(images):
     names = list(images)
-    hashes, _ = fingerprints(list(images.values()))
+    hashes, _ = fingerprints(list(images.values()), LUNG_WINDOW)
     found = {frozenset((names[a], names[b])) for a, b in exact_pairs(hashes)}
     assert found == {frozenset(("base", "copy")), frozenset(("other", "rgb"))}
 
 
 def test_near_pairs_above_threshold_only(images):
     names = list(images)
-    _, thumbs = fingerprints(list(images.values()))
+    _, thumbs = fingerprints(list(images.values()), LUNG_WINDOW)
     i, j, c = similar_pairs(thumbs, 0.95)
     found = {frozenset((names[a], names[b])): s for a, b, s in zip(i, j, c)}
     assert set(found) == {frozenset(p) for p in (("base", "copy"), ("base", "noisy"), ("copy", "noisy"),
@@ -59,10 +60,10 @@ def test_blockwise_correlation_matches_dense(monkeypatch):
 
 def test_groups_join_near_duplicates_and_patients(images):
     paths = list(images.values())  # base, copy, noisy, other, rgb
-    groups = duplicate_groups(paths, 0.95)
+    groups = duplicate_groups(paths, 0.95, window=LUNG_WINDOW)
     assert groups[0] == groups[1] == groups[2] and groups[3] == groups[4] and groups[0] != groups[3]
     # a patient link joins the two clusters into one
-    joined = duplicate_groups(paths, 0.95, np.array(["p1", "p2", "p3", "p1", "p4"], dtype=object))
+    joined = duplicate_groups(paths, 0.95, np.array(["p1", "p2", "p3", "p1", "p4"], dtype=object), window=LUNG_WINDOW)
     assert len(set(joined)) == 1
 
 
@@ -74,6 +75,6 @@ def test_slices_of_a_ct_volume_are_fingerprinted_through_the_window(tmp_path, me
     hu[:, 4:12, 4:12] = -400
     hu[2, 2:6, 8:14] = 40  # the third slice differs
     volume = metaimage_writer(tmp_path / "v.mha", hu)
-    hashes, thumbs = fingerprints(scan_slices(str(volume))[0])
+    hashes, thumbs = fingerprints(scan_slices(str(volume))[0], LUNG_WINDOW)
     assert hashes[0] == hashes[1] != hashes[2]
     assert np.isclose(thumbs[0] @ thumbs[1], 1.0) and thumbs[0] @ thumbs[2] < 0.99

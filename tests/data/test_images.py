@@ -4,6 +4,7 @@ from PIL import Image
 
 from crosssite.data.images import DecodedCache, load_grayscale
 from crosssite.data.sites import SAMPLE_DATA
+from crosssite.data.volumes import LUNG_WINDOW
 from crosssite.errors import DataError
 
 
@@ -50,7 +51,7 @@ def test_too_small(tmp_path):
 
 def test_cache_sizes_and_reuse():
     paths = sorted((SAMPLE_DATA / "covid-ct" / "CT_COVID").glob("*.png"))[:3]
-    cache = DecodedCache(64)
+    cache = DecodedCache(64, LUNG_WINDOW)
     cache.preload(paths, "test")
     train = cache.train_image(paths[0])
     assert min(train.shape) == 73 and train.dtype == np.uint8

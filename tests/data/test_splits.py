@@ -5,6 +5,7 @@ import pytest
 
 from crosssite.data.sites import discover_sites, read_sars_cov_2_ct
 from crosssite.data.splits import fold_split, load_splits, make_splits, official_split, save_splits
+from crosssite.data.volumes import LUNG_WINDOW
 from crosssite.errors import CrossSiteError, DataError
 
 
@@ -89,7 +90,7 @@ def test_load_unknown_path(sample_dir, tmp_path):
 def _near_pairs(site, threshold=0.95):
     from crosssite.data.duplicates import fingerprints, similar_pairs
 
-    _, thumbs = fingerprints([s.path for s in site.samples])
+    _, thumbs = fingerprints([s.path for s in site.samples], LUNG_WINDOW)
     i, j, _ = similar_pairs(thumbs, threshold)
     return list(zip(i.tolist(), j.tolist()))
 
@@ -118,7 +119,7 @@ def test_grouped_folds_keep_near_duplicates_together(tmp_path):
     plain = [fold_split(site, f, 4, seed=0) for f in range(4)]
     assert any(_straddling(s, pairs) for s in plain)  # image-level folds split the clusters
     for fold in range(4):
-        s = fold_split(site, fold, 4, seed=0, group_duplicates=0.95)
+        s = fold_split(site, fold, 4, seed=0, group_duplicates=0.95, window=LUNG_WINDOW)
         assert not _straddling(s, pairs)
         assert sorted(s["train"] + s["val"] + s["test"]) == list(range(len(site)))
 
@@ -127,7 +128,7 @@ def test_grouped_folds_full(shared_data):
     site = discover_sites(shared_data)["sars-cov-2-ct"]
     pairs = _near_pairs(site)
     assert _straddling(make_splits({"a": site}, "fold", 0, 4, 0)["a"], pairs)
-    grouped = make_splits({"a": site}, "fold", 0, 4, 0, group_duplicates=0.95)["a"]
+    grouped = make_splits({"a": site}, "fold", 0, 4, 0, group_duplicates=0.95, window=LUNG_WINDOW)["a"]
     assert not _straddling(grouped, pairs)
 
 
@@ -151,6 +152,7 @@ def test_grouped_folds_see_ct_slices_through_the_run_window(window_twins_site):
     def folds(window):
         return [make_splits({"ct": site}, "fold", f, 4, 0, 0.95, window=window)["ct"] for f in range(4)]
 
-    assert not any(_straddling(s, twins) for s in folds(lung))  # the default window is the lung window
-    assert not any(_straddling(s, twins) for s in [fold_split(site, f, 4, 0, group_duplicates=0.95) for f in range(4)])
+    assert not any(_straddling(s, twins) for s in folds(lung))
+    with pytest.raises(ValueError, match="window"):  # no default window a caller could silently miss
+        fold_split(site, 0, 4, 0, group_duplicates=0.95)
     assert any(_straddling(s, twins) for s in folds(bone))  # through a bone window twins are unrelated

@@ -8,7 +8,7 @@ import pytest
 
 from crosssite.data import volumes
 from crosssite.data.images import DecodedCache
-from crosssite.data.volumes import apply_window, parse_slice, parse_slices, read_hu, scan_slices, slice_path
+from crosssite.data.volumes import LUNG_WINDOW, apply_window, parse_slice, parse_slices, read_hu, scan_slices, slice_path
 from crosssite.errors import CrossSiteError, DataError
 
 HU = np.random.default_rng(1).integers(-1024, 1500, (6, 16, 20)).astype(np.int16)
@@ -49,7 +49,7 @@ def test_scan_is_decoded_once_for_all_its_slices(tmp_path, metaimage_writer, mon
     monkeypatch.setattr(volumes, "read_hu", lambda scan: calls.append(scan) or volumes.read_metaimage(Path(scan)))
     volumes._windowed_scan.cache_clear()
     paths = [p for scan in scans for p in scan_slices(scan, "::2")[0]]
-    cache = DecodedCache(32)
+    cache = DecodedCache(32, LUNG_WINDOW)
     cache.preload(paths, "test", progress=False)
     assert calls == scans  # one decode per scan, for both variants of all its slices
     expected = apply_window(HU[2].astype(np.float32))

@@ -26,14 +26,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from crosssite.data.images import load_image
-from crosssite.data.volumes import LUNG_WINDOW
 
 THUMB_SIDE = 32
 DEFAULT_THRESHOLD = 0.95
 _BLOCK = 1024  # rows per block of the correlation matrix: 1024 x N float32 stays small
 
 
-def fingerprint(path: Path, window=LUNG_WINDOW) -> tuple[str, np.ndarray]:
+def fingerprint(path: Path, window) -> tuple[str, np.ndarray]:
     """(sha256 of the decoded pixels, standardised THUMB_SIDE^2 thumbnail) of one image or CT slice
     (through `window`, as training reads it)."""
     img = load_image(path, window)
@@ -44,7 +43,7 @@ def fingerprint(path: Path, window=LUNG_WINDOW) -> tuple[str, np.ndarray]:
     return digest, thumb / norm if norm > 0 else thumb  # a flat image correlates with nothing
 
 
-def fingerprints(paths: Sequence[Path], window=LUNG_WINDOW) -> tuple[list[str], np.ndarray]:
+def fingerprints(paths: Sequence[Path], window) -> tuple[list[str], np.ndarray]:
     """Pixel hashes and an (N, THUMB_SIDE^2) float32 matrix of thumbnails, in the order of `paths`."""
     hashes, thumbs = [], np.zeros((len(paths), THUMB_SIDE * THUMB_SIDE), np.float32)
     for i, p in enumerate(paths):
@@ -77,7 +76,7 @@ def exact_pairs(hashes: Sequence[str]) -> list[tuple[int, int]]:
 
 
 def duplicate_groups(paths: Sequence[Path], threshold: float = DEFAULT_THRESHOLD,
-                     groups: np.ndarray | None = None, window=LUNG_WINDOW) -> np.ndarray:
+                     groups: np.ndarray | None = None, *, window) -> np.ndarray:
     """Group id per image: connected components over near-duplicate links and same-group (patient) links.
 
     Feeding these ids to a grouped k-fold keeps every near-duplicate cluster, and every patient, in one part.

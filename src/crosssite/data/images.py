@@ -10,7 +10,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from crosssite.data.transforms import resize_shorter, resize_square, train_resize
-from crosssite.data.volumes import LUNG_WINDOW, load_slice, parse_slice
+from crosssite.data.volumes import load_slice, parse_slice
 from crosssite.errors import DataError
 
 MIN_SIDE = 8
@@ -42,7 +42,7 @@ def load_grayscale(path: Path) -> np.ndarray:
     return arr
 
 
-def load_image(path, window=LUNG_WINDOW) -> np.ndarray:
+def load_image(path, window) -> np.ndarray:
     """uint8 H x W of an image file, or of a CT slice (`SCAN#slice=I`, see volumes.py) through `window`."""
     return load_slice(path, window) if parse_slice(path) else load_grayscale(Path(path))
 
@@ -55,7 +55,7 @@ class DecodedCache:
     is decoded once for all its slices when they are read one after another (as preload does).
     """
 
-    def __init__(self, image_size: int, window=LUNG_WINDOW):
+    def __init__(self, image_size: int, window):
         self.image_size = image_size
         self.window = tuple(window)
         self._train: dict[str, np.ndarray] = {}

@@ -10,7 +10,6 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from crosssite.data.duplicates import duplicate_groups
 from crosssite.data.sites import SPLIT_PARTS, Site
-from crosssite.data.volumes import LUNG_WINDOW
 from crosssite.errors import CrossSiteError, DataError
 from crosssite.io import atomic_write
 
@@ -32,13 +31,14 @@ def _group_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, fold: int
 
 
 def fold_split(site: Site, fold: int, n_folds: int = 4, seed: int = 0, val_folds: int = 5,
-               group_duplicates: float | None = None, window=LUNG_WINDOW) -> dict[str, list[int]]:
+               group_duplicates: float | None = None, window=None) -> dict[str, list[int]]:
     """Test = fold `fold` of n_folds, val = 1/val_folds of the rest; grouped by patient so that no
     patient's slices leak across parts (sites without ids: each image is its own group).
 
     `group_duplicates` (a correlation threshold, see data/duplicates.py) widens each group to a
     connected component of patient and near-duplicate links, so no near-duplicate cluster straddles parts;
-    CT slices are compared through `window` (the run's HU window), as training sees them.
+    CT slices are compared through `window` (the run's HU window), as training sees them: it has no
+    default, so grouping without it is refused rather than done through some other window.
     """
     if n_folds < 2 or not 0 <= fold < n_folds:
         raise CrossSiteError(f"--fold {fold} is out of range for --folds {n_folds} (use 0..{n_folds - 1}, "
@@ -48,7 +48,9 @@ def fold_split(site: Site, fold: int, n_folds: int = 4, seed: int = 0, val_folds
     labels = site.labels()
     groups = site.groups()
     if group_duplicates is not None:
-        groups = duplicate_groups([s.path for s in site.samples], group_duplicates, groups, window)
+        if window is None:
+            raise ValueError("group_duplicates needs the run's window")
+        groups = duplicate_groups([s.path for s in site.samples], group_duplicates, groups, window=window)
     elif groups is None:
         groups = np.arange(len(site)).astype(str)
     rest, test = _group_fold(labels, groups, n_folds, fold, seed, f"site {site.name}")
@@ -65,7 +67,7 @@ def official_split(site: Site) -> dict[str, list[int]]:
 
 
 def make_splits(sites: dict[str, Site], kind: str, fold: int, n_folds: int, seed: int,
-                group_duplicates: float | None = None, window=LUNG_WINDOW) -> dict[str, dict[str, list[int]]]:
+                group_duplicates: float | None = None, window=None) -> dict[str, dict[str, list[int]]]:
     if kind not in SPLIT_KINDS:
         raise CrossSiteError(f"unknown split kind {kind!r} (use one of: {', '.join(SPLIT_KINDS)})")
     if kind == "official":
