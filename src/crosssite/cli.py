@@ -1,4 +1,4 @@
-"""The `crosssite` command line: train, evaluate, predict, export, card, demo, sweep, report, tensorboard, gradcam."""
+"""The `crosssite` command line: train, evaluate, predict, export, card, demo, sweep, report, calibrate, federate, ..."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from .config import EVAL_BATCH_SIZE, TrainConfig, load_config, setting_type
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError, print_warning
+from .decision_report import format_decisions
 from .metrics import format_metrics
+from .operating_point import DEFAULT_RULE, DEFAULT_SENSITIVITY, RULES
+from .pacs import DEFAULT_CALLED_AE, DEFAULT_CALLING_AE
 from .presets import PRESETS, get_preset
 from .runtime import ensure_malloc_tuning
 
@@ -149,25 +152,49 @@ def cmd_evaluate(args) -> None:
         if per_group:
             print(f"{level}-level ({result['aggregate']}, n = {level}s):")
             print(format_metrics(per_group))
+    print(format_decisions(result["decisions"]))
 
 
 def cmd_predict(args) -> None:
     from .predict import predict_images
 
+    if args.send and not args.dicom_out:
+        raise CrossSiteError("--send stores the SRs of --dicom-out DIR: give --dicom-out too")
     rows = predict_images(Path(args.checkpoint), args.site, [Path(p) for p in args.images], args.batch_size,
                           compile=args.compile, device=args.device, how=args.aggregate, top_k=args.top_k,
-                          backend=args.backend)
+                          backend=args.backend, threshold=args.threshold)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         if "bn_distance" in rows[0]:
             distances = ", ".join(f"{n} {d:.4g}" for n, d in rows[0]["bn_distance"].items())
             print(f"site auto: {rows[0]['site']} (batch-norm distance: {distances})", file=sys.stderr)
+        for line in dict.fromkeys(f"site {r['site']}: threshold {r['threshold']:.4g} ({r['operating_point']}); "
+                                  f"{r['calibration']}" for r in rows):
+            print(line, file=sys.stderr)
         for r in rows:
             for s in r.get("slices", []):
-                print(f"{s['path']}\tP(COVID)={s['p_covid']:.4f}\t{s['label']}")
+                print(f"{s['path']}\tP(COVID)={s['p_covid']:.4f}\t{s['label']}{ood_note(s)}")
             scan_note = f"\tscan: {r['aggregate']} of {len(r['slices'])}" if "slices" in r else ""
-            print(f"{r['path']}\tP(COVID)={r['p_covid']:.4f}\t{r['label']}{scan_note}")
+            print(f"{r['path']}\tP(COVID)={r['p_covid']:.4f}\t{r['label']}{ood_note(r)}{scan_note}")
+    if args.dicom_out:
+        from .dicom_sr import write_reports
+        from .predict import model_facts
+
+        written, notes = write_reports(rows, Path(args.dicom_out), model_facts(Path(args.checkpoint), args.backend))
+        for note in notes:
+            print(f"crosssite: note: {note}", file=sys.stderr)
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
+        if args.send and written:
+            from .pacs import send
+
+            send(written, args.send, args.called_ae, args.calling_ae)
+            print(f"sent {len(written)} SR(s) to {args.called_ae}@{args.send}", file=sys.stderr)
+
+
+def ood_note(row: dict) -> str:
+    return {None: "", False: "", True: "\tOUT-OF-DISTRIBUTION (far from every training site)"}[row.get("ood")]
 
 
 def cmd_export(args) -> None:
@@ -231,6 +258,20 @@ def launcher_from_args(args):
         prefix = "slurm-" if args.launcher == "local" else ""
         raise CrossSiteError(f"--{prefix}{stray[0].replace('_', '-')} does not apply to --launcher {args.launcher}")
     return LAUNCHERS[args.launcher](**{k: v for k, v in options[args.launcher].items() if v is not None})
+
+
+def cmd_calibrate(args) -> None:
+    from .calibrate import calibrate_checkpoint
+
+    out = Path(args.out or args.checkpoint)
+    fitted = calibrate_checkpoint(Path(args.checkpoint), args.sites, out, args.rule, args.sensitivity, args.batch_size)
+    for site, d in fitted.items():
+        cal = d["calibration"]
+        cal_text = f"Platt a={cal['a']:.3g} b={cal['b']:.3g}" if cal else "no calibration map (a class missing)"
+        ood_text = f"OOD threshold {d['ood']['threshold']:.4g}" if d["ood"] else "no OOD threshold"
+        print(f"{site}: {cal_text}; threshold {d['operating_point']['threshold']:.4g} "
+              f"({d['operating_point']['rule']}); {ood_text}; fitted on {d['fit_on']}")
+    print(f"wrote {out}")
 
 
 def cmd_sweep(args) -> None:
@@ -358,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help=DEVICE_HELP)
     predict.add_argument("--backend", choices=backends(), default=TORCH,
                          help=f"torch (a checkpoint), or exports of `crosssite export` on the CPU: {exports_help}")
+    predict.add_argument("--threshold", type=float, metavar="P",
+                         help="call COVID at calibrated P(COVID) >= P instead of the site's operating point "
+                              "chosen on validation (crosssite calibrate; docs/pacs.md)")
+    predict.add_argument("--dicom-out", metavar="DIR", type=path_text,
+                         help="write one DICOM Structured Report per DICOM series read into DIR (extra [dicom-out])")
+    predict.add_argument("--send", metavar="HOST:PORT", help="C-STORE the SRs of --dicom-out to this PACS")
+    predict.add_argument("--called-ae", default=DEFAULT_CALLED_AE, help="the PACS's AE title (default %(default)s)")
+    predict.add_argument("--calling-ae", default=DEFAULT_CALLING_AE, help="crosssite's AE title (default %(default)s)")
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help=f"one site's network as a file of an export format "
@@ -453,6 +502,20 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--out", required=True, type=path_text, help="new checkpoint file")
     adapt.add_argument("--batch-size", type=str, default=EVAL_BATCH_SIZE)
     adapt.set_defaults(func=cmd_adapt)
+
+    calibrate = sub.add_parser("calibrate", help="fit a checkpoint's calibration map, operating point and OOD "
+                                                  "threshold per site, on validation or a labelled set")
+    calibrate.add_argument("checkpoint")
+    calibrate.add_argument("--site", dest="sites", action="append", default=[], metavar="NAME=PATH",
+                           help="fit site NAME of the checkpoint (e.g. one added by adapt) on every image of the "
+                                "labelled set PATH; repeatable (default: every site on the run's validation part)")
+    calibrate.add_argument("--rule", choices=sorted(RULES), default=DEFAULT_RULE,
+                           help="operating point: a target sensitivity on validation, or Youden's J")
+    calibrate.add_argument("--sensitivity", type=float, default=DEFAULT_SENSITIVITY,
+                           help="the target of --rule sensitivity (default %(default)s)")
+    calibrate.add_argument("--out", type=path_text, help="checkpoint to write (default: update CHECKPOINT)")
+    calibrate.add_argument("--batch-size", type=str, default=EVAL_BATCH_SIZE)
+    calibrate.set_defaults(func=cmd_calibrate)
 
     params = sub.add_parser("params", help="total, shared and per-site parameter counts of methods")
     params.add_argument("--method", dest="methods", action="append", help="a method (repeatable; default: all)")

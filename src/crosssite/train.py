@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed, run_folder
+from . import decisions, distributed, run_folder
 from .checkpoint import load_checkpoint, load_trained, save_checkpoint
 from .config import EXECUTION_SETTINGS, TrainConfig, load_config, save_config
 from .data.images import DecodedCache
@@ -295,6 +295,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
         save_checkpoint(out / run_folder.BEST, method, config, names, epoch=config.epochs, site_epochs={},
                         val_mean_auc=float("nan"))
     distributed.barrier()  # torchrun: rank 0 has written best.pt
+    decisions.fit_run(out / run_folder.BEST, data, config.eval_batch_size, device)  # calibration etc., on validation
     metrics = test_best(config, data, out, device)
     events.add_test(metrics)
     events.close()
