@@ -122,7 +122,12 @@ def test_sweep_through_slurm_requeues_a_preempted_job_which_ends_as_an_uninterru
 
     reference = tmp_path / "reference"  # the same job, uninterrupted, while the sweep goes on
     job = next(j for j in plan(CONFIG, ROWS, 1, out) if j.name == INTERRUPTED)
-    train(job.config.replace(out=str(reference)), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the job on its node (--slurm-cpus 1): thread counts change the order of float sums
+    try:
+        train(job.config.replace(out=str(reference)), progress=False)
+    finally:
+        torch.set_num_threads(threads)
     sweep.join(timeout=180)
     assert not sweep.is_alive() and finished, "the sweep did not end"
 

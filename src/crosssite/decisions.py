@@ -57,8 +57,6 @@ def fit_run(checkpoint: Path, data, batch_size: int = EVAL_BATCH_SIZE, device: s
     decisions = fit_validation(load_trained(checkpoint, device), data, batch_size, rule, sensitivity)
     if distributed.is_main():
         store(checkpoint, decisions)
-        # beside it as JSON too: a sweep's report reads it where the job's checkpoint is not kept
-        atomic_write_json(Path(checkpoint).parent / run_folder.DECISIONS, decisions)
     distributed.barrier()
     return decisions
 
@@ -72,10 +70,14 @@ def fit_validation(trained, data, batch_size: int = EVAL_BATCH_SIZE, rule: str =
 
 
 def store(checkpoint: Path, decisions: dict, out: Path | None = None) -> None:
-    """Write `checkpoint` (or a copy at `out`) with these sites' decisions added or replaced."""
+    """Write `checkpoint` (or a copy at `out`) with these sites' decisions added or replaced; a run folder's
+    best.pt gets them beside it as JSON too, which a sweep's report reads where checkpoints are not kept."""
+    target = Path(out or checkpoint)
     payload = load_checkpoint(checkpoint)
     payload[DECISIONS_KEY] = {**payload.get(DECISIONS_KEY, {}), **decisions}
-    rewrite_checkpoint(Path(out or checkpoint), payload)
+    rewrite_checkpoint(target, payload)
+    if target.name == run_folder.BEST:
+        atomic_write_json(target.parent / run_folder.DECISIONS, payload[DECISIONS_KEY])
 
 
 def for_site(payload_or_metadata: dict, site: str) -> dict:

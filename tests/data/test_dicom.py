@@ -77,16 +77,22 @@ def test_empty_folder_is_no_scan(tmp_path):
 
 
 def test_unsupported_compression_names_the_extra(tmp_path):
-    ds = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))  # JPEG-LS, real file
+    """JPEG Lossless (Process 14) has no decoder among crosssite's dependencies (Pillow does not decode it;
+    highdicom's pyjpegls decodes JPEG-LS only): one line naming the file, the syntax and the extra. A real
+    compressed file, relabelled with that syntax, reaches the decoders exactly as such a file would."""
+    from pydicom.uid import JPEGLosslessSV1
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
     ds.Modality, ds.RescaleSlope, ds.RescaleIntercept = "CT", 1, -1024
-    ds.save_as(tmp_path / "ls.dcm")
+    ds.save_as(tmp_path / "ll.dcm", enforce_file_format=True)
     try:
         import gdcm  # noqa: F401
-        pytest.skip("python-gdcm is installed, so JPEG-LS decodes")
+        pytest.skip("python-gdcm is installed, so JPEG Lossless decodes")
     except ImportError:
         pass
-    with pytest.raises(DataError, match=r"ls\.dcm: cannot decode JPEG-LS Lossless .*crosssite\[dicom-jpeg\]"):
-        volumes.read_hu(str(tmp_path / "ls.dcm"))
+    with pytest.raises(DataError, match=r"ll\.dcm: cannot decode JPEG Lossless.*crosssite\[dicom-jpeg\]"):
+        volumes.read_hu(str(tmp_path / "ll.dcm"))
 
 
 def test_real_dicomdir_skips_its_non_ct_series_with_a_note_each(capsys):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crosssite.data.orientation import slice_order
 from crosssite.data.readers import SERIES_MARK, Header, ScanReader, Volume, member_reader, note, register
 from crosssite.errors import DataError
 
@@ -345,6 +346,18 @@ def series_header(files: list[Path], where: Path) -> Header:
     first = planes[0].ds
     return Header((len(planes), int(first.Rows), int(first.Columns)), _axes(planes[0]),
                   str(first.get("PatientID", "") or "").strip() or None)
+
+
+def headers_in_scan_order(scan: str) -> list:
+    """The series' headers (pydicom datasets, no pixels) so that slice I of the scan (orientation.py's
+    contract) is entry I: what a report on the scan's slices references."""
+    files, where = series_files(scan)
+    planes = sorted_series(files, where)
+    shape = (len(planes), int(planes[0].ds.Rows), int(planes[0].ds.Columns))
+    order = slice_order(shape, _axes(planes[0]), where)
+    if order is None:
+        raise DataError(f"{where}: not an axial series: its slices (feet to head) are not its files' planes")
+    return [plane.ds for plane in planes[::order]]
 
 
 def _header(scan: str) -> Header:

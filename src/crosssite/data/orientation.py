@@ -64,6 +64,18 @@ def standard_shape(shape: tuple[int, ...], axes, where) -> tuple[int, int, int]:
     return tuple(shape) if plan is None else tuple(shape[a] for a in plan[0])  # type: ignore[return-value]
 
 
+def slice_order(shape: tuple[int, ...], axes, where) -> int | None:
+    """How the contract's slices run over the array's first axis: 1 (same order), -1 (reversed), or None
+    where the contract's slices lie along another axis (a coronal or sagittal acquisition)."""
+    plan = _plan(tuple(shape), axes, where)
+    if plan is None:
+        return 1
+    order, flips = plan
+    if order[0] != 0:
+        return None
+    return -1 if 0 in flips else 1
+
+
 def to_standard(values: np.ndarray, axes, where) -> np.ndarray:
     """`values` (3 array axes whose LPS directions are the columns of `axes`; None: already standard)
     turned and flipped to the contract (STANDARD)."""

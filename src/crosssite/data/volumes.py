@@ -195,7 +195,6 @@ def scan_slices(scan: str, spec: str = "all") -> tuple[list[Path], str | None]:
 def dicom_headers(scan: str) -> list | None:
     """The headers (pydicom datasets, no pixels) of a DICOM series scan in slice order, so that slice I of
     the scan is entry I; None for a NIfTI or MetaImage volume."""
-    if is_volume_file(Path(scan)):
+    if _reader(scan) not in (dicom.READER, dicom.DICOMDIR_READER):
         return None
-    files, where = _dicom_files(scan)
-    return dicom.sorted_series(files, where)
+    return dicom.headers_in_scan_order(scan)
