@@ -25,12 +25,12 @@ except ImportError:
 
 from pathlib import Path
 
-from ..config import TrainConfig
 from .messages import EvaluateIns, EvaluateRes, FitIns, FitRes
-from .settings import FedSettings
 
 #: the kind of a message, beside Flower's type (train / evaluate): evaluate and finish share `evaluate`
 KIND = "kind"
+#: prefix of the test metrics that the last round's validation reply carries besides its own
+TESTED = "test/"
 
 
 def _arrays(tensors: dict) -> ArrayRecord:
@@ -80,7 +80,11 @@ def decode_reply(content: RecordDict) -> FitRes | EvaluateRes:
 
 
 def site_trainer(context: Context):
-    """This SuperNode's site, built once per ClientApp process (it resumes from its folder's last.pt)."""
+    """This SuperNode's site, built once per ClientApp process (it resumes from its folder's last.pt).
+    Torch and the training code are imported here, not at the module's top: a message that needs no
+    trainer (`who`) costs a ClientApp process no more than Flower's own start."""
+    from ..config import TrainConfig
+    from .settings import FedSettings
     from .site import SiteTrainer, site_config
 
     key = (context.run_id, context.node_config["out"])
@@ -114,14 +118,23 @@ def train(message: Message, context: Context) -> Message:
 def evaluate(message: Message, context: Context) -> Message:
     trainer = site_trainer(context)
     ins = decode_instruction(message.content)
-    return message.create_reply(encode(trainer.finish() if ins is None else trainer.evaluate(ins)))
+    if ins is None:
+        return message.create_reply(encode(trainer.finish()))
+    reply = trainer.evaluate(ins)
+    if ins.round == trainer.settings.rounds:  # the last round: its best.pt is final, test it now and spare a
+        tested = trainer.finish().metrics     # finish message (a ClientApp process: torch, the site's images)
+        reply = EvaluateRes(reply.site, reply.round, {**reply.metrics, **{TESTED + k: v for k, v in tested.items()}})
+    return message.create_reply(encode(reply))
 
 
 class FlowerTransport:
-    """The coordinator's `Transport` over a Flower Grid: one message per site's node, replies in parallel."""
+    """The coordinator's `Transport` over a Flower Grid: one message per site's node, replies in parallel.
+    Flower starts a fresh ClientApp process per message, so the last round's validation replies bring
+    the sites' test metrics along (`TESTED`), and `finish` asks only the sites that have not sent them."""
 
     def __init__(self, grid: Grid, timeout: float | None = None):
         self.grid, self.timeout = grid, timeout
+        self.tested: dict[str, EvaluateRes] = {}
         nodes = list(grid.get_node_ids())
         probe = [Message(RecordDict({"config": ConfigRecord({KIND: "who"})}), n, MessageType.QUERY) for n in nodes]
         self.node_of = {str(r.content["config"]["site"]): r.metadata.src_node_id
@@ -129,6 +142,8 @@ class FlowerTransport:
         self.sites = sorted(self.node_of)
 
     def _send(self, kind: str, contents: dict[str, RecordDict]) -> list:
+        if not contents:
+            return []
         messages = [Message(content, self.node_of[site], kind) for site, content in contents.items()]
         return [decode_reply(r.content) for r in self.grid.send_and_receive(messages, timeout=self.timeout)
                 if not r.has_error()]
@@ -137,11 +152,17 @@ class FlowerTransport:
         return self._send(MessageType.TRAIN, {s: encode(i) for s, i in instructions.items()})
 
     def evaluate(self, instructions: dict[str, EvaluateIns]) -> list[EvaluateRes]:
-        return self._send(MessageType.EVALUATE, {s: encode(i) for s, i in instructions.items()})
+        replies = self._send(MessageType.EVALUATE, {s: encode(i) for s, i in instructions.items()})
+        for reply in replies:
+            tested = {k[len(TESTED):]: reply.metrics.pop(k) for k in list(reply.metrics) if k.startswith(TESTED)}
+            if tested:
+                self.tested[reply.site] = EvaluateRes(reply.site, reply.round, tested)
+        return replies
 
     def finish(self, sites: list[str]) -> list[EvaluateRes]:
         finish = RecordDict({"config": ConfigRecord({KIND: "finish"})})
-        return self._send(MessageType.EVALUATE, {s: finish for s in sites})
+        asked = self._send(MessageType.EVALUATE, {s: finish for s in sites if s not in self.tested})
+        return [self.tested[s] for s in sites if s in self.tested] + asked
 
 
 @client_app.query()
@@ -155,8 +176,10 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     """The coordinator: OUT from the run config (`out`), settings from `train.*` / `fed.*` (JSON values)."""
+    from ..config import TrainConfig
     from .coordinator import Coordinator, run_federation
     from .local import prepare_federation
+    from .settings import FedSettings
     from .site import build_method
     from .state import shared_state
 
