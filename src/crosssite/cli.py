@@ -230,6 +230,9 @@ def cmd_federate(args) -> None:
     print(f"{config.out}: {summary['rounds']} rounds; each site's run folder is {config.out}/SITE "
           f"(best.pt on its own validation AUC); test metrics of each site's best.pt:")
     print(format_metrics(summary["sites"]))
+    pooled = summary["pooled"]
+    print(f"pooled over all sites' test images (n={pooled['n']}): "
+          + ", ".join(f"{k} {100 * v:.2f}%" for k, v in pooled.items() if k != "n"))
 
 
 def cmd_report(args) -> None:

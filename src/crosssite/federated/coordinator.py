@@ -8,7 +8,9 @@ Folder (the federation's OUT, beside each site's OUT/SITE when they run on one m
                                  round losses and validation AUC; `seconds`: the fit messages' wall time
                                  (sites' local training, `fit.SITE.seconds`, included), `average_seconds`: averaging
                                  and writing server.pt
-  summary.json                   each site's test metrics of its best.pt (sent by the site) and their mean
+  summary.json                   each site's test metrics of its best.pt and confusion counts (sent by the
+                                 site), their mean over sites, and the pooled metrics of all sites' test
+                                 images from the summed counts (no AUC: that needs the images' scores)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from ..errors import CrossSiteError
 from ..io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text, read_jsonl
+from ..metrics import COUNTS, metrics_from_counts
 from .messages import EvaluateIns, EvaluateRes, FitIns, FitRes
 from .settings import FedSettings
 from .state import State, average
@@ -96,12 +99,15 @@ class Coordinator:
         self.logged = self.round
 
     def summarize(self, tested: list[EvaluateRes]) -> dict:
-        """summary.json: each site's test metrics (sent by the site) and the mean of each over the sites."""
+        """summary.json: each site's test metrics (sent by the site), the mean of each over the sites, and
+        `pooled`: accuracy, F1, recall, precision, specificity and n of all sites' test images together."""
         sites = {r.site: r.metrics for r in tested}
-        keys = sorted(set.intersection(*(set(m) for m in sites.values()))) if sites else []
+        keys = sorted(set.intersection(*(set(m) for m in sites.values())) - set(COUNTS)) if sites else []
         mean = {k: float(np.nanmean([m[k] for m in sites.values()])) if any(not math.isnan(m[k]) for m in sites.values())
                 else math.nan for k in keys}
-        summary = {"rounds": self.round, "settings": self.settings.to_dict(), "sites": sites, "mean_over_sites": mean}
+        pooled = metrics_from_counts({k: sum(m[k] for m in sites.values()) for k in COUNTS}) if sites else {}
+        summary = {"rounds": self.round, "settings": self.settings.to_dict(), "sites": sites, "mean_over_sites": mean,
+                   "pooled": pooled}
         atomic_write_json(self.out / "summary.json", summary)
         return summary
 
