@@ -44,6 +44,6 @@ def test_federate_writes_site_run_folders_that_predict_evaluate_and_adapt_use(tm
     adapted = tmp_path / "adapted.pt"
     assert main(["adapt", str(covid), "--site", f"new={SAMPLE_DATA / 'sars-cov-2-ct'}", "--out", str(adapted)]) == 0
     assert main(["predict", str(adapted), "--site", "new", str(image)]) == 0
-    assert main(["federate", "--method", "sepnorm", "--data", str(SAMPLE_DATA), "--rounds", "2",
+    assert main(["federate", "--method", "sepnorm", "--data", str(SAMPLE_DATA), "--rounds", "2", "--processes",
                  "--out", str(out), *TINY_TRAIN_FLAGS]) == 2
     assert "holds a federation already" in capsys.readouterr().err
