@@ -2,6 +2,7 @@
 
 import numbers
 
+import pytest
 import torch
 
 from crosssite.federated.contrast import FederatedContrastive
@@ -35,10 +36,13 @@ def recording(messages):
     return wrap
 
 
-def test_no_message_carries_a_site_specific_tensor_or_a_per_image_value(fed_config):
+@pytest.mark.parametrize("transfer", ["float32", "float16"])
+def test_no_message_carries_a_site_specific_tensor_or_a_per_image_value(fed_config, transfer):
+    """And with --transfer float16 every shared floating tensor travels as float16, the coordinator keeps
+    float32, and the federation trains."""
     messages = []
     config = fed_config("contrastive")
-    federate(config, tiny_fed(), progress=False, transport=recording(messages))
+    summary = federate(config, tiny_fed(transfer=transfer), progress=False, transport=recording(messages))
     method = build_method(config)
     state = method.state_dict()
     shared = {k: tuple(v.shape) for k, v in state.items() if k not in local_keys(method)}
@@ -50,6 +54,7 @@ def test_no_message_carries_a_site_specific_tensor_or_a_per_image_value(fed_conf
             kind, _, key = name.partition(".")
             if kind == "shared":  # exactly the shared state: no site batch norm, nothing else
                 assert key in shared and tuple(tensor.shape) == shared[key], name
+                assert tensor.dtype == (getattr(torch, transfer) if state[key].is_floating_point() else state[key].dtype)
             else:  # a class mean: one vector of the projection's width per class, never per image
                 assert kind in ("extras", "peers") and key.rsplit("/", 1)[-1] in ("class_0", "class_1"), name
                 assert tuple(tensor.shape) == (PROJ_DIM,), name
@@ -60,6 +65,10 @@ def test_no_message_carries_a_site_specific_tensor_or_a_per_image_value(fed_conf
             assert all(isinstance(v, numbers.Number) for v in values.values())
     # round 1: each site sends 2 means; round 2: each receives the other's 2 and sends 2 again
     assert class_means == 2 * 2 + 2 * 2 + 2 * 2
+    server = torch.load(f"{config.out}/server.pt", weights_only=True)["shared"]
+    assert all(v.dtype == state[k].dtype for k, v in server.items())  # averaged and kept in float32
+    assert any(not torch.equal(v, state[k]) for k, v in server.items() if v.is_floating_point())
+    assert summary["rounds"] == 2 and all(m["n"] > 0 for m in summary["sites"].values())
 
 
 def test_the_federated_contrastive_term_uses_other_sites_class_means(fed_config):

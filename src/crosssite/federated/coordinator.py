@@ -29,7 +29,7 @@ from ..io import append_jsonl, atomic_write, atomic_write_json, atomic_write_tex
 from ..metrics import COUNTS, metrics_from_counts
 from .messages import EvaluateIns, EvaluateRes, FitIns, FitRes
 from .settings import FedSettings
-from .state import State, average
+from .state import State, average, for_transfer
 
 
 class Transport(Protocol):
@@ -63,9 +63,13 @@ class Coordinator:
 
     def fit_instructions(self, sites: list[str]) -> dict[str, FitIns]:
         """Round `round + 1` for each site: the global state, and every other site's class means."""
-        return {s: FitIns(self.round + 1, self.shared,
+        return {s: FitIns(self.round + 1, self.sent(),
                           {f"{other}/{k}": v for other, extras in self.extras.items() if other != s
                            for k, v in extras.items()}) for s in sites}
+
+    def sent(self) -> State:
+        """The global shared state as the messages carry it (settings.transfer)."""
+        return for_transfer(self.shared, self.settings.transfer)
 
     def aggregate(self, results: list[FitRes], seconds: float) -> None:
         """Average the replies of round `round + 1` into the global state and save it (server.pt)."""
@@ -77,7 +81,7 @@ class Coordinator:
         started = time.time()
         results = sorted(results, key=lambda r: r.site)  # the same sum, whichever site answered first
         weights = [float(r.num_examples) if self.settings.weighting == "images" else 1.0 for r in results]
-        self.shared = average([r.shared for r in results], weights)
+        self.shared = average([r.shared for r in results], weights)  # float32, whatever the messages carried
         self.extras = {r.site: r.extras for r in results if r.extras}
         self.round += 1
         self.took_part = [r.site for r in results]
@@ -116,11 +120,11 @@ def run_federation(coordinator: Coordinator, transport: Transport) -> dict:
     """Every round from the coordinator's last finished one: fit, average, validate; then each site's test."""
     if coordinator.round and coordinator.logged < coordinator.round:  # killed before the sites validated it
         coordinator.close_round(transport.evaluate(
-            {s: EvaluateIns(coordinator.round, coordinator.shared) for s in coordinator.took_part}))
+            {s: EvaluateIns(coordinator.round, coordinator.sent()) for s in coordinator.took_part}))
     while coordinator.round < coordinator.settings.rounds:
         started = time.time()
         results = transport.fit(coordinator.fit_instructions(transport.sites))
         coordinator.aggregate(results, round(time.time() - started, 2))
         coordinator.close_round(transport.evaluate(
-            {s: EvaluateIns(coordinator.round, coordinator.shared) for s in coordinator.took_part}))
+            {s: EvaluateIns(coordinator.round, coordinator.sent()) for s in coordinator.took_part}))
     return coordinator.summarize(transport.finish(transport.sites))

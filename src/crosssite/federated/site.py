@@ -36,7 +36,7 @@ from ..train import (READ_EVERY, _check_same_settings, _seed_everything, _train_
 from .contrast import FederatedContrastive
 from .messages import EvaluateIns, EvaluateRes, FitIns, FitRes
 from .settings import FedSettings
-from .state import load_shared, shared_state
+from .state import for_transfer, load_shared, shared_state
 
 #: a method's form at one site of a federation, where it differs from the registered class
 FEDERATED_FORMS = {"contrastive": FederatedContrastive}
@@ -186,7 +186,8 @@ class SiteTrainer:
         return EvaluateRes(self.name, self.round, {**metrics["sites"][self.name], **counts})
 
     def _fit_result(self) -> FitRes:
-        return FitRes(self.name, self.round, shared_state(self.method), self.num_examples, dict(self.stats),
+        return FitRes(self.name, self.round, for_transfer(shared_state(self.method), self.settings.transfer),
+                      self.num_examples, dict(self.stats),
                       dict(self.extras))
 
     def _stop_if_diverged(self, round: int) -> None:
