@@ -151,3 +151,34 @@ def tiny_fed(**changes):
     from crosssite.federated.settings import FedSettings
 
     return FedSettings(**{"rounds": 2, "steps_per_round": 2, **changes})
+
+
+def sr_content(ds) -> dict:
+    """A crosssite SR's content as {concept meaning: value} (NUM as float, CODE as its meaning, TEXT and
+    repeated items as lists), walked through every level. Import it: `from conftest import sr_content`."""
+    found: dict = {}
+
+    def walk(items):
+        for item in items:
+            name = item.ConceptNameCodeSequence[0].CodeMeaning
+            if item.ValueType == "NUM":
+                value = float(item.MeasuredValueSequence[0].NumericValue)
+            elif item.ValueType == "CODE":
+                value = (item.ConceptCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodingSchemeDesignator,
+                         item.ConceptCodeSequence[0].CodeMeaning)
+            elif item.ValueType == "TEXT":
+                value = item.TextValue
+            else:
+                value = None
+            if value is not None:
+                found.setdefault(name, []).append(value)
+            walk(item.get("ContentSequence", []))
+
+    walk(ds.ContentSequence)
+    return found
+
+
+@pytest.fixture(scope="session")
+def dicom_series(ct_series_site) -> Path:
+    """One DICOM CT series folder (6 slices) of ct_series_site."""
+    return next(p for p in sorted(ct_series_site.parent.iterdir()) if p.is_dir())

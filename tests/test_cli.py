@@ -46,7 +46,7 @@ def test_predict_prints_path_probability_and_label(run, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
     for line, image in zip(lines, images):
-        path, prob, label = line.split("\t")
+        path, prob, label, *ood_flag = line.split("\t")  # a 4th column only for an out-of-distribution image
         assert path == str(image)
         assert 0.0 <= float(prob.removeprefix("P(COVID)=")) <= 1.0
         assert label in ("COVID", "NonCOVID")
@@ -67,8 +67,9 @@ def test_predict_and_evaluate_take_a_device(run, capsys):
 def test_predict_json(run, capsys):
     assert main(["predict", str(run / "best.pt"), "--site", "sars-cov-2-ct", "--json", str(sample_images(1)[0])]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert set(row) == {"path", "p_covid", "label"}
-    assert row["label"] == ("COVID" if row["p_covid"] >= 0.5 else "NonCOVID")
+    assert set(row) == {"path", "p_covid", "label", "p_uncalibrated", "ood", "site", "threshold", "operating_point",
+                        "calibration"}
+    assert row["label"] == ("COVID" if row["p_covid"] >= row["threshold"] else "NonCOVID")
 
 
 def test_config_file_with_flag_override(run, tmp_path):

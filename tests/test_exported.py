@@ -64,7 +64,26 @@ def test_same_output_as_the_torch_backend(tiny_run, backend, capsys):
     images = _images("covid-ct/CT_NonCOVID")
     torch_out = _predict(capsys, tiny_run / "best.pt", "--site", "covid-ct", *images)
     export_out = _predict(capsys, folder / f"covid-ct{SUFFIX[name]}", "--backend", name, "--site", "covid-ct", *images)
-    assert export_out == torch_out and len(export_out.splitlines()) == len(images)
+    # path, P(COVID), label; one export alone has no OOD flag (that needs every site's export: the next test)
+    assert [line.split("\t")[:3] for line in export_out.splitlines()] == [
+        line.split("\t")[:3] for line in torch_out.splitlines()]
+    assert len(export_out.splitlines()) == len(images)
+
+
+def test_decisions_as_the_torch_backend(tiny_run, backend, capsys, tmp_path):
+    """Calibrated P(COVID), operating point and OOD flag (every site's export given) as the torch backend."""
+    from PIL import Image
+
+    name, folder = backend
+    blank = tmp_path / "blank.png"
+    Image.new("L", (64, 64), 0).save(blank)
+    images = [*_images("covid-ct/CT_COVID", 4), blank]
+    by_torch = json.loads(_predict(capsys, tiny_run / "best.pt", "--site", "covid-ct", "--json", *images))
+    by_export = json.loads(_predict(capsys, folder, "--backend", name, "--site", "covid-ct", "--json", *images))
+    assert [r["p_covid"] for r in by_export] == pytest.approx([r["p_covid"] for r in by_torch], abs=1e-5)
+    for key in ("label", "threshold", "ood", "calibration", "operating_point"):
+        assert [r[key] for r in by_export] == [r[key] for r in by_torch]
+    assert by_export[-1]["ood"] is True
 
 
 @pytest.mark.parametrize("folder", ["sars-cov-2-ct/COVID", "covid-ct/CT_COVID"])
@@ -112,7 +131,7 @@ def test_scan_read_with_the_window_and_slices_of_the_metadata(tiny_run, backend,
     def torch_probs(window):
         return predict_proba(trained.method, DecodedCache(32, window).eval_batch(paths), trained.site_index("covid-ct"))
 
-    got = np.array([s["p_covid"] for s in row["slices"]])
+    got = np.array([s["p_uncalibrated"] for s in row["slices"]])  # the network's output, before calibration
     assert np.abs(got - torch_probs((400.0, 40.0))).max() < 1e-4
     assert np.abs(got - torch_probs((1500.0, -600.0))).max() > 1e-3  # the window mattered
 

@@ -219,3 +219,27 @@ def test_patient_level_auc_only_where_the_site_has_patient_ids(reported):
                 for r in jobs]
     assert int(cell["n"]) == 4 and float(cell["mean"]) == pytest.approx(np.mean(expected))
     assert "## Patient-level test AUC" in (reported / "report.md").read_text()
+
+
+def test_calibration_section_applies_each_jobs_validation_fit_to_its_test_predictions(reported):
+    from crosssite import decisions, run_folder
+
+    job = reported / "jobs" / "contrastive-fold0-seed0"
+    (job / run_folder.DECISIONS).rename(job / "old.json")  # one job as if trained before calibration
+    assert cli.main(["report", str(reported)]) == 0
+    text = (reported / "report.md").read_text()
+    assert "## Calibration and the operating point" in text and "(figures/reliability_contrastive.png)" in text
+    assert Image.open(reported / "figures" / "reliability_contrastive.png").size[0] > 300
+    entries = {(e["row"], e["site"], e["level"]): e for e in read_csv(reported / "tables" / "calibration.csv")}
+    assert entries["contrastive", "covid-ct", "image"]["jobs"] == "3"
+    assert entries["contrastive", "covid-ct", "image"]["uncalibrated_jobs"] == "1"
+    assert entries["joint-redesign", "covid-ct", "patient"]["jobs"] == "4"
+    # recomputed from the job files: the mean over jobs of the ECE after each job's own map
+    after = []
+    for seed, fold in ((0, 1), (1, 0), (1, 1)):
+        folder = reported / "jobs" / f"contrastive-fold{fold}-seed{seed}"
+        rows = read_csv(folder / "predictions.csv")
+        fitted = json.loads((folder / run_folder.DECISIONS).read_text())
+        assessed = decisions.assess(rows, {s: fitted[s] for s in SITES})
+        after.append(assessed["levels"]["image"]["covid-ct"]["ece_after"])
+    assert float(entries["contrastive", "covid-ct", "image"]["ece_after"]) == pytest.approx(np.mean(after))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import run_folder
+from . import decision_report, run_folder
 from .config import load_config
 from .data.sites import COVID_CT, SARS_COV_2_CT, load_sites
 from .errors import CrossSiteError
@@ -111,6 +111,7 @@ def card_facts(run: Path) -> dict:
         "intervals": {"method": f"percentile bootstrap of AUC, {BOOTSTRAP_REPLICATES} replicates, "
                                 f"{round(100 * CONFIDENCE)} %", "patient_ids": patient_source},
         "sites": sites,
+        "decisions": decision_report.card_facts(run, rows, patients),
         "config": config.to_dict(),
         "written": date.today().isoformat(),
     }
@@ -152,7 +153,7 @@ def card_markdown(facts: dict) -> str:
         low, high = x["auc_interval"]
         lines.append(f"| {name} | {x['n']} | {_pct(x['auc'])} | {_pct(low)}-{_pct(high)} | {x['interval_level']} | "
                      f"{_pct(x['accuracy'])} | {_pct(x['recall'])} | {_pct(x['specificity'])} | {_pct(x['f1'])} |")
-    lines += ["", "## Training", "", f"{t['epochs']} epochs in {t['seconds']} s (train_log.jsonl, training and "
+    lines += ["", *decision_report.card_markdown(facts["decisions"]), "## Training", "", f"{t['epochs']} epochs in {t['seconds']} s (train_log.jsonl, training and "
               f"validation); hardware: {t['hardware']}.", "", "## Limitations", ""]
     for name, site in facts["sites"].items():
         lines += [f"- {name}: {text}." for text in site["limitations"]]

@@ -40,6 +40,11 @@ def save_checkpoint(path: Path, method, config: TrainConfig, site_names: list[st
         "model": method.state_dict(),
         **extra,
     }
+    rewrite_checkpoint(path, payload)
+
+
+def rewrite_checkpoint(path: Path, payload: dict) -> None:
+    """Write a loaded (and checked) checkpoint payload back, e.g. with entries added; atomically."""
     atomic_write(Path(path), lambda tmp: _save(payload, tmp))
 
 

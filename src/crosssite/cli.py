@@ -1,10 +1,11 @@
-"""The `crosssite` command line: train, evaluate, predict, export, card, demo, sweep, report, gradcam."""
+"""The `crosssite` command line: train, evaluate, predict, export, card, demo, sweep, report, calibrate, federate, ..."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -15,7 +16,10 @@ from .config import EVAL_BATCH_SIZE, TrainConfig, load_config, setting_type
 from .data.duplicates import DEFAULT_THRESHOLD
 from .data.sites import SAMPLE_DATA
 from .errors import CrossSiteError, print_warning
+from .decision_report import format_decisions
 from .metrics import format_metrics
+from .operating_point import DEFAULT_RULE, DEFAULT_SENSITIVITY, RULES
+from .pacs import DEFAULT_CALLED_AE, DEFAULT_CALLING_AE
 from .presets import PRESETS, get_preset
 from .runtime import ensure_malloc_tuning
 
@@ -148,25 +152,49 @@ def cmd_evaluate(args) -> None:
         if per_group:
             print(f"{level}-level ({result['aggregate']}, n = {level}s):")
             print(format_metrics(per_group))
+    print(format_decisions(result["decisions"]))
 
 
 def cmd_predict(args) -> None:
     from .predict import predict_images
 
+    if args.send and not args.dicom_out:
+        raise CrossSiteError("--send stores the SRs of --dicom-out DIR: give --dicom-out too")
     rows = predict_images(Path(args.checkpoint), args.site, [Path(p) for p in args.images], args.batch_size,
                           compile=args.compile, device=args.device, how=args.aggregate, top_k=args.top_k,
-                          backend=args.backend)
+                          backend=args.backend, threshold=args.threshold)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         if "bn_distance" in rows[0]:
             distances = ", ".join(f"{n} {d:.4g}" for n, d in rows[0]["bn_distance"].items())
             print(f"site auto: {rows[0]['site']} (batch-norm distance: {distances})", file=sys.stderr)
+        for line in dict.fromkeys(f"site {r['site']}: threshold {r['threshold']:.4g} ({r['operating_point']}); "
+                                  f"{r['calibration']}" for r in rows):
+            print(line, file=sys.stderr)
         for r in rows:
             for s in r.get("slices", []):
-                print(f"{s['path']}\tP(COVID)={s['p_covid']:.4f}\t{s['label']}")
+                print(f"{s['path']}\tP(COVID)={s['p_covid']:.4f}\t{s['label']}{ood_note(s)}")
             scan_note = f"\tscan: {r['aggregate']} of {len(r['slices'])}" if "slices" in r else ""
-            print(f"{r['path']}\tP(COVID)={r['p_covid']:.4f}\t{r['label']}{scan_note}")
+            print(f"{r['path']}\tP(COVID)={r['p_covid']:.4f}\t{r['label']}{ood_note(r)}{scan_note}")
+    if args.dicom_out:
+        from .dicom_sr import write_reports
+        from .predict import model_facts
+
+        written, notes = write_reports(rows, Path(args.dicom_out), model_facts(Path(args.checkpoint), args.backend))
+        for note in notes:
+            print(f"crosssite: note: {note}", file=sys.stderr)
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
+        if args.send and written:
+            from .pacs import send
+
+            send(written, args.send, args.called_ae, args.calling_ae)
+            print(f"sent {len(written)} SR(s) to {args.called_ae}@{args.send}", file=sys.stderr)
+
+
+def ood_note(row: dict) -> str:
+    return {None: "", False: "", True: "\tOUT-OF-DISTRIBUTION (far from every training site)"}[row.get("ood")]
 
 
 def cmd_export(args) -> None:
@@ -200,6 +228,52 @@ def cmd_adapt(args) -> None:
           f"(AdaBN); predict with: crosssite predict {args.out} --site {record['site']} IMG ...")
 
 
+def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
+    """--launcher, and the --slurm-* flags from SlurmLauncher's fields (crosssite.slurm)."""
+    from .slurm import SlurmLauncher
+    from .launchers import LAUNCHERS
+
+    parser.add_argument("--launcher", choices=list(LAUNCHERS), default="local",
+                        help="where jobs run: local (this machine; --jobs, --devices) or slurm (a Slurm cluster "
+                             "through submitit, extra [slurm]; --slurm-*); not a sweep setting: a restart may change it")
+    group = parser.add_argument_group("--launcher slurm")
+    for f in dataclasses.fields(SlurmLauncher):
+        if "help" in f.metadata:
+            meta = f.metadata
+            group.add_argument(meta.get("flag", "--slurm-" + f.name.replace("_", "-")), dest="slurm_" + f.name,
+                               type=meta.get("parse") or {"int": int, "int | None": int}.get(f.type, str),
+                               action=meta.get("action", "store"), metavar=meta.get("metavar", f.name.upper()), help=meta["help"])
+
+
+def launcher_from_args(args):
+    """The --launcher named, built from its own flags; a flag of the other launcher is refused."""
+    from .launchers import LAUNCHERS
+
+    slurm = {name[len("slurm_"):]: v for name, v in vars(args).items() if name.startswith("slurm_")}
+    if slurm["options"] is not None:
+        slurm["options"] = dict(slurm["options"])
+    options = {"local": {"jobs": args.jobs, "devices": args.devices}, "slurm": slurm}
+    stray = sorted(k for name, given in options.items() if name != args.launcher for k, v in given.items() if v is not None)
+    if stray:
+        prefix = "slurm-" if args.launcher == "local" else ""
+        raise CrossSiteError(f"--{prefix}{stray[0].replace('_', '-')} does not apply to --launcher {args.launcher}")
+    return LAUNCHERS[args.launcher](**{k: v for k, v in options[args.launcher].items() if v is not None})
+
+
+def cmd_calibrate(args) -> None:
+    from .calibrate import calibrate_checkpoint
+
+    out = Path(args.out or args.checkpoint)
+    fitted = calibrate_checkpoint(Path(args.checkpoint), args.sites, out, args.rule, args.sensitivity, args.batch_size)
+    for site, d in fitted.items():
+        cal = d["calibration"]
+        cal_text = f"Platt a={cal['a']:.3g} b={cal['b']:.3g}" if cal else "no calibration map (a class missing)"
+        ood_text = f"OOD threshold {d['ood']['threshold']:.4g}" if d["ood"] else "no OOD threshold"
+        print(f"{site}: {cal_text}; threshold {d['operating_point']['threshold']:.4g} "
+              f"({d['operating_point']['rule']}); {ood_text}; fitted on {d['fit_on']}")
+    print(f"wrote {out}")
+
+
 def cmd_sweep(args) -> None:
     from .paper import select_rows
     from .sweep import parse_row_seeds, run_sweep
@@ -211,8 +285,8 @@ def cmd_sweep(args) -> None:
     seeds = preset.seeds if args.seeds is None else args.seeds
     rows = select_rows(args.rows)
     command = shlex.join(["crosssite", *sys.argv[1:]])
-    records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, jobs=args.jobs,
-                        devices=args.devices, row_seeds=parse_row_seeds(args.row_seeds, rows, seeds), command=command)
+    records = run_sweep(config, rows, seeds, Path(args.out), progress=not args.quiet, launcher=launcher_from_args(args),
+                        row_seeds=parse_row_seeds(args.row_seeds, rows, seeds), command=command)
     failed = [r["job"] for r in records if r["status"] != "ok"]
     print(f"{args.out}: {len(records)} job(s) run, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
     print(f"results in {Path(args.out) / 'results.jsonl'}; tables and figures: crosssite report {args.out}")
@@ -242,6 +316,15 @@ def cmd_report(args) -> None:
     contrast = primary_contrast(load_results(Path(args.folder)))
     if contrast is not None:  # the sweep holds docs/preregistration.md's pair: its analysis, as report.md has it
         print("\npre-registered comparison (docs/preregistration.md):\n" + "\n".join(primary_lines(contrast)).rstrip())
+
+
+def cmd_tensorboard(args) -> None:
+    from .tensorboard import FOLDER, write_events
+
+    paths = [Path(p).resolve() for p in args.runs]
+    runs = write_events(paths)
+    print(f"wrote {FOLDER}/ event files in {len(runs)} run folder(s); view them with: "
+          f"tensorboard --logdir {shlex.quote(os.path.commonpath(paths))}")
 
 
 def cmd_gradcam(args) -> None:
@@ -319,6 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help=DEVICE_HELP)
     predict.add_argument("--backend", choices=backends(), default=TORCH,
                          help=f"torch (a checkpoint), or exports of `crosssite export` on the CPU: {exports_help}")
+    predict.add_argument("--threshold", type=float, metavar="P",
+                         help="call COVID at calibrated P(COVID) >= P instead of the site's operating point "
+                              "chosen on validation (crosssite calibrate; docs/pacs.md)")
+    predict.add_argument("--dicom-out", metavar="DIR", type=path_text,
+                         help="write one DICOM Structured Report per DICOM series read into DIR (extra [dicom-out])")
+    predict.add_argument("--send", metavar="HOST:PORT", help="C-STORE the SRs of --dicom-out to this PACS")
+    predict.add_argument("--called-ae", default=DEFAULT_CALLED_AE, help="the PACS's AE title (default %(default)s)")
+    predict.add_argument("--calling-ae", default=DEFAULT_CALLING_AE, help="crosssite's AE title (default %(default)s)")
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help=f"one site's network as a file of an export format "
@@ -364,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated devices, worker i on the i-th (cycled), e.g. cuda:0,cuda:1; "
         "default: auto for every worker (" + DEVICE_HELP + ")",
     )
+    add_launcher_flags(sweep)
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep)
 
@@ -383,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("folder", help="the sweep's --out folder")
     report.add_argument("--examples", type=int, default=4, help="Grad-CAM images per site, correct and wrong each")
     report.set_defaults(func=cmd_report)
+
+    tensorboard = sub.add_parser("tensorboard", help="TensorBoard event files from run folders' train_log.jsonl "
+                                                     "(and metrics.json), e.g. of a whole sweep; extra [tensorboard]")
+    tensorboard.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP", help="run folders, or folders holding them")
+    tensorboard.set_defaults(func=cmd_tensorboard)
 
     gradcam = sub.add_parser("gradcam", help="Grad-CAM overlays (last conv stage) of images, one PNG each")
     gradcam.add_argument("checkpoint")
@@ -410,6 +507,20 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--out", required=True, type=path_text, help="new checkpoint file")
     adapt.add_argument("--batch-size", type=str, default=EVAL_BATCH_SIZE)
     adapt.set_defaults(func=cmd_adapt)
+
+    calibrate = sub.add_parser("calibrate", help="fit a checkpoint's calibration map, operating point and OOD "
+                                                  "threshold per site, on validation or a labelled set")
+    calibrate.add_argument("checkpoint")
+    calibrate.add_argument("--site", dest="sites", action="append", default=[], metavar="NAME=PATH",
+                           help="fit site NAME of the checkpoint (e.g. one added by adapt) on every image of the "
+                                "labelled set PATH; repeatable (default: every site on the run's validation part)")
+    calibrate.add_argument("--rule", choices=sorted(RULES), default=DEFAULT_RULE,
+                           help="operating point: a target sensitivity on validation, or Youden's J")
+    calibrate.add_argument("--sensitivity", type=float, default=DEFAULT_SENSITIVITY,
+                           help="the target of --rule sensitivity (default %(default)s)")
+    calibrate.add_argument("--out", type=path_text, help="checkpoint to write (default: update CHECKPOINT)")
+    calibrate.add_argument("--batch-size", type=str, default=EVAL_BATCH_SIZE)
+    calibrate.set_defaults(func=cmd_calibrate)
 
     params = sub.add_parser("params", help="total, shared and per-site parameter counts of methods")
     params.add_argument("--method", dest="methods", action="append", help="a method (repeatable; default: all)")

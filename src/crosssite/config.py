@@ -93,6 +93,9 @@ class TrainConfig:
     save_every: int = setting(  # crosssite.train.SavePacing
         0, "write last.pt (the resume state) every K epochs and after the last; 0: whenever the time since the "
            "last write reaches 20x what that write took (writing then costs at most 5 %%)", execution=True)
+    tensorboard: bool = setting(  # crosssite.tensorboard
+        False, "also write the training curves as TensorBoard events into the run folder's tensorboard/ (extra "
+               "[tensorboard])", execution=True)
 
     def validate(self) -> None:
         """Reject settings that would fail later, deep inside training (or, worse, train wrongly)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import run_folder
+from . import decisions, run_folder
 from .checkpoint import load_trained
 from .config import EVAL_BATCH_SIZE
 from .data.images import DecodedCache
@@ -77,7 +77,8 @@ def evaluate_checkpoint(checkpoint: str, part: str = "test", data: str | None = 
     split recomputed from its settings, or for `fold`). Sites the checkpoint does not know are evaluated
     only with `as_site`, the known site whose batch norms predict for them. Returns what
     `crosssite evaluate --json` prints: checkpoint, part, split (where it came from), sites, aggregate,
-    scans, patients.
+    scans, patients, and decisions (crosssite.decisions.assess: ECE before / after calibration and the
+    operating point's sensitivity and specificity per level; `ood`: the share of images flagged).
     """
     trained = load_trained(checkpoint, device)
     config, site_names = trained.config, trained.site_names
@@ -114,5 +115,11 @@ def evaluate_checkpoint(checkpoint: str, part: str = "test", data: str | None = 
     run = RunData(loaded, splits, DecodedCache(config.image_size, config.window))
     per_site, rows = evaluate_part(trained.method, run, part, batch_size, bn_sites, compile=compile)
     levels = level_metrics(rows, how, top_k)
+    # calibration and operating point of the site whose batch norms predict; OOD against every known site
+    decided = decisions.assess(rows, {n: decisions.for_site(trained.payload, site_names[i]) for n, i in bn_sites.items()},
+                               how, top_k)
+    decided["ood"] = decisions.ood_rates(trained, {n: run.cache.eval_batch(run.paths(n, part)) for n in loaded},
+                                         batch_size)
     return {"checkpoint": checkpoint, "part": part, "split": source, "sites": per_site,
-            "aggregate": describe(how, top_k), "scans": levels["scan"], "patients": levels["patient"]}
+            "aggregate": describe(how, top_k), "scans": levels["scan"], "patients": levels["patient"],
+            "decisions": decided}

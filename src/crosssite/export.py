@@ -41,7 +41,7 @@ from .errors import CrossSiteError
 from .export_formats import (EXPORT_FORMAT, EXPORT_VERSION, INPUT, OUTPUTS, export_format, load_export, p_covid,
                              set_metadata)
 from .inference import fold_batch_norms, predict_proba, site_network
-from .io import atomic_write
+from .io import atomic_write, sha256_of
 from .metrics import is_covid
 from .models.layers import as_torch_layers
 from .models.site_bn import SiteBatchNorm
@@ -131,7 +131,15 @@ def export_network(method, site: int) -> tuple[ExportNetwork, list[dict]]:
     # a trial run finds the batch norms on the prediction path (not the contrastive projection head), in order,
     # and the input size of every adaptive pooling
     called: list[str] = []
-    hooks = [tap.register_forward_hook(lambda *_, n=name: called.append(n)) for name, tap in taps.items()]
+    spatial: dict[str, bool] = {}  # whether the layer's output has positions (per-image OOD uses only those)
+
+    def seen(name):
+        def hook(_module, _inputs, output):
+            called.append(name)
+            spatial[name] = output.dim() > 2
+        return hook
+
+    hooks = [tap.register_forward_hook(seen(name)) for name, tap in taps.items()]
     pool_inputs: dict[str, tuple[int, int]] = {}
     pools = {name: m for name, m in net.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)}
     hooks += [pool.register_forward_pre_hook(lambda _m, inputs, n=name: pool_inputs.update({n: inputs[0].shape[-2:]}))
@@ -152,7 +160,7 @@ def export_network(method, site: int) -> tuple[ExportNetwork, list[dict]]:
     statistics = []
     for name in called:
         bn = source.get_submodule(name).bns[site]
-        statistics.append({"layer": name, "eps": float(bn.eps),
+        statistics.append({"layer": name, "eps": float(bn.eps), "spatial": spatial[name],
                            **{k: getattr(bn, k).detach().double().tolist()
                               for k in ("running_mean", "running_var", "weight", "bias")}})
     return model, statistics
@@ -197,6 +205,10 @@ def export_checkpoint(checkpoint: Path, site: str, fmt: str, out: Path, batch_si
                                    "of bn_statistics (concatenated in that order)",
                         "bn_sq_mean": "(batch, C): the same for the squared values"} if statistics else {})},
         "bn_statistics": statistics,
+        # every site's calibration map, operating point and OOD threshold (crosssite.decisions): the flag
+        # needs all sites' thresholds
+        "decisions": payload.get("decisions", {}),
+        "checkpoint_sha256": sha256_of(checkpoint),
     }
     reference = predict_proba(method, images, index, batch_size)
 

@@ -7,6 +7,7 @@ write here does nothing (crosssite.distributed), so no two processes write one f
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -136,3 +137,12 @@ def read_yaml(path: Path, what: str):
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = " ".join(str(getattr(e, "problem", None) or e).split())
         raise CrossSiteError(f"{where}: not valid YAML ({problem})") from None
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (checkpoints and exports name the exact file they came from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

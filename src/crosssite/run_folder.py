@@ -22,9 +22,10 @@ BEST = "best.pt"  #: the weights chosen on validation; the one tested
 METRICS = "metrics.json"  #: test metrics of best.pt; written last, so it marks the run finished
 PREDICTIONS = "predictions.csv"  #: one row per test image of best.pt
 TAIL_PREDICTIONS = "tail_predictions.csv"  #: the same rows for each of the last epochs (column `epoch`)
+DECISIONS = "decisions.json"  #: each site's calibration map, operating point, OOD threshold (crosssite.decisions)
 
 #: the files of a run folder: any of them means the folder holds a run, finished or not
-FILES = (CONFIG, SPLIT, TRAIN_LOG, LAST, BEST, METRICS, PREDICTIONS, TAIL_PREDICTIONS)
+FILES = (CONFIG, SPLIT, TRAIN_LOG, LAST, BEST, METRICS, PREDICTIONS, TAIL_PREDICTIONS, DECISIONS)
 PREDICTION_FIELDS = ("site", "path", "patient", "label", "p_covid")
 
 

@@ -76,11 +76,16 @@ def level_metrics(rows: list[dict], how: str = AGGREGATE, top_k: int = TOP_K) ->
 
     A site appears at scan level if it has scans, at patient level if any of its rows names a patient.
     """
-    with_patients = {r["site"] for r in rows if r.get("patient")}
     result: dict[str, dict[str, dict]] = {}
     for level in ("scan", "patient"):
-        per_site = grouped([r for r in rows if level == "scan" or r["site"] in with_patients], level, how, top_k)
         result[level] = {site: site_metrics(np.array([g["label"] for g in groups]),
                                             np.array([g["p_covid"] for g in groups]))
-                         for site, groups in per_site.items()}
+                         for site, groups in level_groups(rows, level, how, top_k).items()}
     return result
+
+
+def level_groups(rows: list[dict], level: str, how: str = AGGREGATE, top_k: int = TOP_K) -> dict[str, list[dict]]:
+    """`grouped` for the sites that have that level: scans where there are scans, patients where a row of
+    the site names one."""
+    with_patients = {r["site"] for r in rows if r.get("patient")}
+    return grouped([r for r in rows if level == "scan" or r["site"] in with_patients], level, how, top_k)

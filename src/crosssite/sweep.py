@@ -7,15 +7,18 @@ Sweep folder (`out`):
   results.jsonl   one JSON line per job that ended: settings, status ("ok" or "failed"), error,
                   wall time, code commit and per-site test metrics; `crosssite report` reads it
   jobs/NAME/      one `crosssite train` run folder per job, NAME = ROW-foldF-seedS
+  slurm/          --launcher slurm only: Slurm job ids and submitit's scripts and logs (crosssite.slurm)
 
 A restarted sweep skips finished jobs (metrics.json written and an "ok" line in results.jsonl),
 resumes an interrupted one from its last.pt and runs failed ones again. A finished job keeps
 best.pt (the tested weights) and drops last.pt, its resume state, which is three times larger.
 
-Jobs are planned by `plan` and run by `run_job`, which depends on nothing but its Job and device:
-one by one, or with `jobs=N` in N worker processes that share the CPU cores (each job has its own
-folder, and only this process appends to results.jsonl). `devices` gives each worker its own device
-(worker i gets devices[i % len(devices)], e.g. one GPU each).
+Jobs are planned by `plan` and run by `run_job`, which depends on nothing but its Job and device, on a
+launcher (crosssite.launchers.LAUNCHERS): `local` runs them one by one, or with `jobs=N` in N worker processes that share
+the CPU cores, `devices` giving each worker its own device (worker i gets devices[i % len(devices)], e.g.
+one GPU each); `slurm` submits them to a Slurm cluster (crosssite.slurm). Each job has its own folder,
+and only the process that runs `run_sweep` appends to results.jsonl, whatever the launcher. How jobs
+execute is not a sweep setting: a restart may change the launcher and its options.
 """
 
 from __future__ import annotations
@@ -114,14 +117,9 @@ def finished(job: Job, records: list[dict]) -> bool:
     )
 
 
-def run_job(job: Job, device: str | None = None) -> dict:
-    """Train one job in-process (resuming from its last.pt) on `device` (default: this worker's) and
-    return its results.jsonl record."""
-    from .train import train
-
-    device = device or _worker_device
-
-    record = {
+def job_record(job: Job, device: str) -> dict:
+    """What every results.jsonl line of `job` holds before its outcome."""
+    return {
         "job": job.name,
         "row": job.row.name,
         "method": job.row.method,
@@ -132,6 +130,15 @@ def run_job(job: Job, device: str | None = None) -> dict:
         "device": device,
         "commit": code_commit(),
     }
+
+
+def run_job(job: Job, device: str | None = None) -> dict:
+    """Train one job in-process (resuming from its last.pt) on `device` (default: this worker's) and
+    return its results.jsonl record."""
+    from .train import train
+
+    device = device or _worker_device
+    record = job_record(job, device)
     started = time.time()
     try:
         # resume whatever the job folder holds: a cut run (with or without last.pt yet), or a finished one
@@ -292,14 +299,35 @@ def _run_all(todo: list[Job], workers: int, devices: list[str]) -> Iterator[tupl
             raise
 
 
+@dataclass(frozen=True)
+class LocalLauncher:
+    """Jobs on this machine: `jobs` at a time (default one per device) in worker processes, `devices` one
+    per worker, cycled (default: "auto" for every worker)."""
+
+    jobs: int | None = None
+    devices: list[str] | None = None
+
+    def check(self) -> None:
+        from .distributed import device
+
+        for name in self.devices or []:
+            device(name)  # an unknown device, or CUDA where there is none: one clear error before any job starts
+        if self.jobs is not None and self.jobs < 1:
+            raise CrossSiteError(f"--jobs must be at least 1, got {self.jobs}")
+
+    def run(self, todo: list[Job], out: Path) -> Iterator[tuple[Job, dict]]:
+        devices = self.devices or ["auto"]
+        yield from _run_all(todo, len(devices) if self.jobs is None else self.jobs, devices)
+
+
 def run_sweep(
     base: TrainConfig, rows: list[Row], seeds: int, out: Path, progress: bool = True, jobs: int | None = None,
     devices: list[str] | None = None, row_seeds: dict[str, int] | None = None, command: str | None = None,
+    launcher=None,
 ) -> list[dict]:
-    """Run every job not finished yet (`jobs` at a time, default one per device); return the records
-    written in this call. `devices`: one per worker, cycled (default: "auto" for every worker);
-    `row_seeds`: rows run at fewer than `seeds` seeds; `command`: recorded in sweep.yaml."""
-    from .distributed import device
+    """Run every job not finished yet; return the records written in this call. `launcher`: how jobs
+    run (default: LocalLauncher(jobs, devices)); `row_seeds`: rows run at fewer than `seeds` seeds;
+    `command`: recorded in sweep.yaml."""
     from .methods import METHODS
 
     missing = sorted({r.method for r in rows} - set(METHODS))
@@ -310,12 +338,8 @@ def run_sweep(
         base.replace(**dict(row.settings)).validate()
     if seeds < 1:
         raise CrossSiteError(f"seeds must be at least 1, got {seeds}")
-    devices = devices or ["auto"]
-    for name in devices:
-        device(name)  # an unknown device, or CUDA where there is none: one clear error before any job starts
-    jobs = len(devices) if jobs is None else jobs
-    if jobs < 1:
-        raise CrossSiteError(f"--jobs must be at least 1, got {jobs}")
+    launcher = launcher or LocalLauncher(jobs, devices)
+    launcher.check()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, sweep_settings(base, rows, seeds, row_seeds), command)
@@ -326,7 +350,7 @@ def run_sweep(
     written = []
     bar = tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="job", disable=not progress)
     with bar:
-        for job, record in _run_all(todo, jobs, devices):
+        for job, record in launcher.run(todo, out):
             bar.set_postfix_str(job.name)
             append_jsonl(results, record)
             written.append(record)

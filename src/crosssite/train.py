@@ -4,6 +4,7 @@ Run folder (`config.out`; the names: crosssite.run_folder):
   config.yaml       resolved settings (reload with `crosssite train --config`)
   split.json        the exact train/val/test images of every site
   train_log.jsonl   one line per epoch: losses, learning rate, validation metrics
+  tensorboard/      with --tensorboard: the same curves, and the test metrics, as TensorBoard events
   last.pt           everything needed to resume, rewritten atomically as `save_every` says (SavePacing)
   best.pt           weights with the best mean validation AUC over sites (evaluated on test); for a method
                     whose sites share nothing (single), each site's network from its own best epoch
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed, run_folder
+from . import decisions, distributed, run_folder
 from .checkpoint import load_checkpoint, load_trained, save_checkpoint
 from .config import EXECUTION_SETTINGS, TrainConfig, load_config, save_config
 from .data.images import DecodedCache
@@ -38,6 +39,7 @@ from .evaluate import RunData, evaluate_part
 from .io import append_jsonl, atomic_write_text, read_jsonl
 from .metrics import mean_auc, site_metrics
 from .scans import describe, level_metrics
+from .tensorboard import open_events
 from .methods import check_method, create_method
 
 #: steps between reads of the device (progress bar, divergence check); a read waits for the GPU
@@ -219,6 +221,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
     update = distributed.make_update(method, device)  # channels_last; under torchrun: this rank's share, DDP
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(method.optimizer, T_max=config.epochs, eta_min=0.0)
     start_epoch, best, best_epochs = _resume_state(out, method, scheduler) if resume else (0, {}, {})
+    events = open_events(out, config.tensorboard)  # replays the (resume-trimmed) log first
 
     names = data.site_names
     units = selection_units(method, names)
@@ -259,6 +262,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
             "seconds": round(time.time() - started, 2),
         }
         append_jsonl(out / run_folder.TRAIN_LOG, record)
+        events.add_epoch(record)
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1}/{config.epochs}  loss {record['loss']:.4f}  val AUC "
@@ -291,7 +295,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
         save_checkpoint(out / run_folder.BEST, method, config, names, epoch=config.epochs, site_epochs={},
                         val_mean_auc=float("nan"))
     distributed.barrier()  # torchrun: rank 0 has written best.pt
-    return test_best(config, data, out, device)
+    decisions.fit_run(out / run_folder.BEST, data, config.eval_batch_size, device)  # calibration etc., on validation
+    metrics = test_best(config, data, out, device)
+    events.add_test(metrics)
+    events.close()
+    return metrics
 
 
 def test_best(config: TrainConfig, data: RunData, out: Path, device: str = "auto") -> dict:

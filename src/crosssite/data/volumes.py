@@ -190,3 +190,12 @@ def scan_slices(scan: str, spec: str = "all") -> tuple[list[Path], str | None]:
     """The selected slices' paths of a scan, and its patient id."""
     count, patient = scan_header(scan)
     return [slice_path(scan, i) for i in selected_slices(scan, count, spec)], patient
+
+
+def dicom_headers(scan: str) -> list | None:
+    """The headers (pydicom datasets, no pixels) of a DICOM series scan in slice order, so that slice I of
+    the scan is entry I; None for a NIfTI or MetaImage volume."""
+    if is_volume_file(Path(scan)):
+        return None
+    files, where = _dicom_files(scan)
+    return dicom.sorted_series(files, where)

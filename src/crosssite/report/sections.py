@@ -15,6 +15,7 @@ from ..scans import describe
 from ..stats import BOOTSTRAP_REPLICATES
 from ..sweep import EXTENSIONS, PROVENANCE
 from . import render
+from .calibration_section import sweep_section
 from .figures import gradcam_figures, pooled_predictions, roc_figure
 from .preregistered import primary_contrast
 from .results import SweepResults, job_scores, load_results
@@ -226,6 +227,10 @@ def figs4_5(report: Report) -> list[str]:
     return md
 
 
+def calibration(report: Report) -> list[str]:
+    return sweep_section(report.res, report.tables, report.figures)
+
+
 def missing_jobs(report: Report) -> list[str]:
     res = report.res
     failed = {r["job"]: r["error"] for r in res.latest.values() if r["status"] != "ok" and r["job"] in res.planned}
@@ -237,8 +242,8 @@ def missing_jobs(report: Report) -> list[str]:
     return md + [f"- failed: `{j}`: {error}" for j, error in failed.items()]
 
 
-SECTIONS = (header, preregistered, table_i, auc_intervals, patient_auc, comparisons, grouped_folds, fig3, figs4_5,
-            missing_jobs)
+SECTIONS = (header, preregistered, table_i, auc_intervals, patient_auc, comparisons, grouped_folds, calibration, fig3,
+            figs4_5, missing_jobs)
 
 
 def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
