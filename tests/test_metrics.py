@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from crosssite.metrics import METRIC_NAMES, THRESHOLD, format_metrics, is_covid, label_name, mean_auc, site_metrics
+from crosssite.metrics import (METRIC_NAMES, THRESHOLD, confusion_counts, format_metrics, is_covid, label_name, mean_auc,
+                               metrics_from_counts, site_metrics)
 
 
 def test_hand_counted_confusion():
@@ -51,3 +52,17 @@ def test_format_metrics_table():
     assert lines[0].split() == ["site", *METRIC_NAMES, "n"]
     assert lines[1].split() == ["covid-ct", "50.00%", "50.00%", "50.00%", "50.00%", "75.00%", "50.00%", "4"]
     assert len({len(line) for line in lines}) == 1  # columns aligned
+
+
+@pytest.mark.parametrize("labels", [[1, 0, 1, 1, 0, 0, 1, 0], [1, 1, 1, 1], [0, 0, 0], []])
+def test_metrics_from_confusion_counts_are_site_metrics_without_auc(labels):
+    """What the federated coordinator pools: summed counts give the metrics of the pooled images."""
+    probs = np.linspace(0.1, 0.9, len(labels))
+    counts = confusion_counts(labels, probs)
+    assert sum(counts.values()) == len(labels)
+    if labels:
+        expected = {k: v for k, v in site_metrics(np.array(labels), probs).items() if k != "auc"}
+        assert metrics_from_counts(counts) == pytest.approx(expected)
+    else:
+        assert metrics_from_counts(counts) == {"accuracy": 0.0, "f1": 0.0, "recall": 0.0, "precision": 0.0,
+                                               "specificity": 0.0, "n": 0}

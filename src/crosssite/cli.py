@@ -300,10 +300,13 @@ def cmd_federate(args) -> None:
     config = config_from_args(args).replace(epochs=settings.rounds * settings.epochs_per_round)
     if config.data is None and not config.sites:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH")
-    summary = federate(config, settings, resume=args.resume, progress=not args.quiet)
+    summary = federate(config, settings, resume=args.resume, progress=not args.quiet, processes=args.processes)
     print(f"{config.out}: {summary['rounds']} rounds; each site's run folder is {config.out}/SITE "
           f"(best.pt on its own validation AUC); test metrics of each site's best.pt:")
     print(format_metrics(summary["sites"]))
+    pooled = summary["pooled"]
+    print(f"pooled over all sites' test images (n={pooled['n']}): "
+          + ", ".join(f"{k} {100 * v:.2f}%" for k, v in pooled.items() if k != "n"))
 
 
 def cmd_report(args) -> None:
@@ -462,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(federate, exclude=("epochs",))
     from .federated.settings import add_settings_flags
     add_settings_flags(federate)
+    federate.add_argument("--processes", action="store_true",
+                          help="one process per site, training side by side (default: every site in this process)")
     federate.add_argument("--resume", action="store_true", help="continue the federation in --out")
     federate.add_argument("--quiet", action="store_true", help="no progress bars")
     federate.set_defaults(func=cmd_federate)

@@ -58,6 +58,27 @@ def site_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     return metrics
 
 
+#: a site's confusion counts at the COVID decision: what pooled metrics over several sites are made of
+COUNTS = ("tp", "fp", "tn", "fn")
+
+
+def confusion_counts(labels, probs) -> dict[str, int]:
+    """True / false positives and negatives at P(COVID) >= THRESHOLD."""
+    labels, pred = np.asarray(labels, dtype=int), is_covid(np.asarray(probs, dtype=float))
+    return {"tp": int(np.sum(pred & (labels == 1))), "fp": int(np.sum(pred & (labels == 0))),
+            "tn": int(np.sum(~pred & (labels == 0))), "fn": int(np.sum(~pred & (labels == 1)))}
+
+
+def metrics_from_counts(counts: dict) -> dict[str, float]:
+    """site_metrics' decision metrics (all but AUC, which needs the scores) and `n` from confusion counts,
+    e.g. summed over sites; a zero denominator gives 0 as there."""
+    tp, fp, tn, fn = (int(counts[k]) for k in COUNTS)
+    n = tp + fp + tn + fn
+    return {"accuracy": (tp + tn) / n if n else 0.0, "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+            "recall": tp / (tp + fn) if tp + fn else 0.0, "precision": tp / (tp + fp) if tp + fp else 0.0,
+            "specificity": tn / (tn + fp) if tn + fp else 0.0, "n": n}
+
+
 def mean_auc(per_site: dict[str, dict]) -> float:
     """Mean AUC over sites, ignoring sites where it is undefined (checkpoint selection score)."""
     aucs = [m["auc"] for m in per_site.values() if not np.isnan(m["auc"])]

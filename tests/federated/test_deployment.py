@@ -19,15 +19,18 @@ def test_a_deployed_federation_over_tls_with_authenticated_nodes_equals_the_in_m
 
     settings = tiny_fed()
     config = fed_config("sepnorm", out=str(tmp_path / "deployed"))
-    federate(config.replace(out=str(tmp_path / "local")), settings, progress=False)
     sites = load_sites(SAMPLE_DATA, [])
+    nodes = [f"node-{i}" for i in range(len(sites))]
     with Deployment(tmp_path / "flower") as deployment:
-        deployment.start_superlink(["node-0", "node-1"])
-        for i, (name, site) in enumerate(sites.items()):
-            deployment.register(f"node-{i}")
-            deployment.start_supernode(f"node-{i}", name, site.root, tmp_path / "deployed" / name)
+        deployment.start_superlink(nodes)
+        deployment.register(*nodes)
+        for node, (name, site) in zip(nodes, sites.items()):
+            deployment.start_supernode(node, name, site.root, tmp_path / "deployed" / name)
         stranger = deployment.start_supernode("stranger", "stranger", SAMPLE_DATA / "covid-ct", tmp_path / "stranger")
-        summary = deployment.run(write_app(tmp_path / "app", config, settings), tmp_path / "deployed", timeout=400)
+        deployment.start_run(write_app(tmp_path / "app", config, settings))
+        # the in-machine run to compare with, while the deployed one waits on its messages
+        local = federate(config.replace(out=str(tmp_path / "local")), settings, progress=False)
+        summary = deployment.wait(tmp_path / "deployed", timeout=400)
         # a SuperNode whose key is not registered is refused: it gives up, and no site of that name took part
         deadline = time.time() + 60
         while stranger.poll() is None and time.time() < deadline:
@@ -35,7 +38,7 @@ def test_a_deployed_federation_over_tls_with_authenticated_nodes_equals_the_in_m
         assert stranger.poll() not in (None, 0)
         refusals = (tmp_path / "flower" / "superlink.log").read_text()
         assert "activate-node" in refusals and "Attempted to register SuperNode with public key" in refusals
-    assert set(summary["sites"]) == set(sites)
+    assert set(summary["sites"]) == set(sites) and summary["sites"] == local["sites"]  # the same test metrics
 
     def losses(out):
         return {name: [(r["round"], r["loss"], r["val_mean_auc"]) for r in

@@ -23,10 +23,14 @@ def test_every_message_survives_flowers_records():
     pytest.importorskip("flwr", reason="the Flower transport needs the [fed] extra")
     from crosssite.federated.flower import decode_instruction, decode_reply, encode
 
-    shared = {"net.a.weight": torch.randn(3, 2), "net.bn.num_batches_tracked": torch.tensor(4)}
+    shared = {"net.a.weight": torch.randn(3, 2), "net.bn.num_batches_tracked": torch.tensor(4),
+              "net.b.weight": torch.randn(5), "net.c.weight": torch.randn(2, 2).half()}
     peers = {"other/class_0": torch.randn(128), "other/class_1": torch.randn(128)}
     fit = decode_instruction(encode(FitIns(3, shared, peers)))
-    assert fit.round == 3 and all(torch.equal(fit.shared[k], v) for k, v in shared.items())
+    assert fit.round == 3 and list(fit.shared) == list(shared)
+    assert all(torch.equal(fit.shared[k], v) and fit.shared[k].dtype == v.dtype for k, v in shared.items())
+    # one flat array per dtype travels, not one per tensor (Flower moves each array as objects of its own)
+    assert sorted(encode(FitIns(3, shared, peers))["shared"]) == ["float16", "float32", "int64"]
     assert all(torch.equal(fit.peers[k], v) for k, v in peers.items())
     ev = decode_instruction(encode(EvaluateIns(2, shared)))
     assert isinstance(ev, EvaluateIns) and set(ev.shared) == set(shared)

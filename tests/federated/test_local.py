@@ -99,8 +99,9 @@ def outcome(out):
 
 
 def test_a_killed_federation_resumes_to_the_same_result(fed_config, tmp_path):
+    """Also: one process per site (`--processes`, the uninterrupted run here) equals all sites in one process."""
     config = fed_config("sepnorm")
-    federate(config.replace(out=str(tmp_path / "whole")), TINY_FED, progress=False)
+    federate(config.replace(out=str(tmp_path / "whole")), TINY_FED, progress=False, processes=True)
     names = list(load_sites(SAMPLE_DATA, []))
     # killed after round 1 was averaged but before the second site validated it, then mid round 2
     for fail_at in [("evaluate", 1, names[1]), ("fit", 2, names[1])]:
@@ -157,3 +158,4 @@ def test_what_stays_at_a_site_is_chosen_by_module_type(method, fed_config):
         assert not any("running_mean" in k for k in shared_state(m))
         assert (method != "series-adapter") or any(".adapters.0." in k for k in own)
         assert (method != "ms-net") or any("aux_classifier.copies.0." in k for k in own)
+

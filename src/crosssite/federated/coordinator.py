@@ -8,7 +8,9 @@ Folder (the federation's OUT, beside each site's OUT/SITE when they run on one m
                                  round losses and validation AUC; `seconds`: the fit messages' wall time
                                  (sites' local training, `fit.SITE.seconds`, included), `average_seconds`: averaging
                                  and writing server.pt
-  summary.json                   each site's test metrics of its best.pt (sent by the site) and their mean
+  summary.json                   each site's test metrics of its best.pt and confusion counts (sent by the
+                                 site), their mean over sites, and the pooled metrics of all sites' test
+                                 images from the summed counts (no AUC: that needs the images' scores)
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import torch
 
 from ..errors import CrossSiteError
 from ..io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text, read_jsonl
+from ..metrics import COUNTS, metrics_from_counts
 from .messages import EvaluateIns, EvaluateRes, FitIns, FitRes
 from .settings import FedSettings
-from .state import State, average
+from .state import State, average, for_transfer
 
 
 class Transport(Protocol):
@@ -60,9 +63,13 @@ class Coordinator:
 
     def fit_instructions(self, sites: list[str]) -> dict[str, FitIns]:
         """Round `round + 1` for each site: the global state, and every other site's class means."""
-        return {s: FitIns(self.round + 1, self.shared,
+        return {s: FitIns(self.round + 1, self.sent(),
                           {f"{other}/{k}": v for other, extras in self.extras.items() if other != s
                            for k, v in extras.items()}) for s in sites}
+
+    def sent(self) -> State:
+        """The global shared state as the messages carry it (settings.transfer)."""
+        return for_transfer(self.shared, self.settings.transfer)
 
     def aggregate(self, results: list[FitRes], seconds: float) -> None:
         """Average the replies of round `round + 1` into the global state and save it (server.pt)."""
@@ -74,7 +81,7 @@ class Coordinator:
         started = time.time()
         results = sorted(results, key=lambda r: r.site)  # the same sum, whichever site answered first
         weights = [float(r.num_examples) if self.settings.weighting == "images" else 1.0 for r in results]
-        self.shared = average([r.shared for r in results], weights)
+        self.shared = average([r.shared for r in results], weights)  # float32, whatever the messages carried
         self.extras = {r.site: r.extras for r in results if r.extras}
         self.round += 1
         self.took_part = [r.site for r in results]
@@ -96,12 +103,15 @@ class Coordinator:
         self.logged = self.round
 
     def summarize(self, tested: list[EvaluateRes]) -> dict:
-        """summary.json: each site's test metrics (sent by the site) and the mean of each over the sites."""
+        """summary.json: each site's test metrics (sent by the site), the mean of each over the sites, and
+        `pooled`: accuracy, F1, recall, precision, specificity and n of all sites' test images together."""
         sites = {r.site: r.metrics for r in tested}
-        keys = sorted(set.intersection(*(set(m) for m in sites.values()))) if sites else []
+        keys = sorted(set.intersection(*(set(m) for m in sites.values())) - set(COUNTS)) if sites else []
         mean = {k: float(np.nanmean([m[k] for m in sites.values()])) if any(not math.isnan(m[k]) for m in sites.values())
                 else math.nan for k in keys}
-        summary = {"rounds": self.round, "settings": self.settings.to_dict(), "sites": sites, "mean_over_sites": mean}
+        pooled = metrics_from_counts({k: sum(m[k] for m in sites.values()) for k in COUNTS}) if sites else {}
+        summary = {"rounds": self.round, "settings": self.settings.to_dict(), "sites": sites, "mean_over_sites": mean,
+                   "pooled": pooled}
         atomic_write_json(self.out / "summary.json", summary)
         return summary
 
@@ -110,11 +120,11 @@ def run_federation(coordinator: Coordinator, transport: Transport) -> dict:
     """Every round from the coordinator's last finished one: fit, average, validate; then each site's test."""
     if coordinator.round and coordinator.logged < coordinator.round:  # killed before the sites validated it
         coordinator.close_round(transport.evaluate(
-            {s: EvaluateIns(coordinator.round, coordinator.shared) for s in coordinator.took_part}))
+            {s: EvaluateIns(coordinator.round, coordinator.sent()) for s in coordinator.took_part}))
     while coordinator.round < coordinator.settings.rounds:
         started = time.time()
         results = transport.fit(coordinator.fit_instructions(transport.sites))
         coordinator.aggregate(results, round(time.time() - started, 2))
         coordinator.close_round(transport.evaluate(
-            {s: EvaluateIns(coordinator.round, coordinator.shared) for s in coordinator.took_part}))
+            {s: EvaluateIns(coordinator.round, coordinator.sent()) for s in coordinator.took_part}))
     return coordinator.summarize(transport.finish(transport.sites))

@@ -1,8 +1,9 @@
-"""Every site of a federation in this process (`crosssite federate`): no framework, no network, no Ray.
+"""Every site of a federation on this machine (`crosssite federate`): no framework, no network, no Ray.
 
 Each site is a `SiteTrainer` reading only its own folder and writing only OUT/SITE; the coordinator
-sees nothing but the messages. Sites train one after the other, each with every core: on one machine
-that is as fast as side by side, and it decodes each site's images once for the whole run.
+sees nothing but the messages. By default the sites train one after the other in this process, each with
+every core: on one machine that is as fast as side by side, and it decodes each site's images once for
+the whole run; `processes=True` gives each site its own process (crosssite.federated.processes).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def prepare_federation(config: TrainConfig, settings: FedSettings, resume: bool)
 
 
 def federate(config: TrainConfig, settings: FedSettings, resume: bool = False, progress: bool = True,
-             device: str = "cpu", transport=None) -> dict:
-    """Run (or resume) the federation of every site of `config` in this process; return summary.json.
+             device: str = "cpu", transport=None, processes: bool = False) -> dict:
+    """Run (or resume) the federation of every site of `config` on this machine; return summary.json.
+    `processes`: one process per site (crosssite.federated.processes) instead of all in this one.
     `transport`: wraps the in-process one (tests record or drop messages with it)."""
     resume = prepare_federation(config, settings, resume)
     out = Path(config.out)
@@ -77,8 +79,13 @@ def federate(config: TrainConfig, settings: FedSettings, resume: bool = False, p
         raise CrossSiteError(f"a federation needs at least two sites, got {', '.join(sites)}")
     if settings.min_sites > len(sites):
         raise CrossSiteError(f"min_sites {settings.min_sites} is more than the {len(sites)} sites")
-    trainers = {name: SiteTrainer(site_config(config, name, site.root, out / name), settings, resume, device, progress)
-                for name, site in sites.items()}
+    trainer_args = {name: (site_config(config, name, site.root, out / name), settings, resume, device,
+                           progress and not processes) for name, site in sites.items()}
     coordinator = Coordinator(out, settings, shared_state(build_method(config)), list(sites))
-    local = InProcess(trainers)
+    if processes:
+        from .processes import SiteProcesses
+
+        with SiteProcesses(trainer_args) as each:
+            return run_federation(coordinator, transport(each) if transport else each)
+    local = InProcess({name: SiteTrainer(*args) for name, args in trainer_args.items()})
     return run_federation(coordinator, transport(local) if transport else local)

@@ -9,10 +9,12 @@ every tensor a message carries, which the transport sends and the message-inspec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:  # torch only for the annotations: a Flower ClientApp process imports this module cheaply
+    from torch import Tensor
 
-from .state import State
+    from .state import State
 
 
 @dataclass

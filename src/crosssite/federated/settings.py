@@ -21,6 +21,8 @@ from ..errors import CrossSiteError
 from ..io import atomic_write_text, read_yaml
 
 WEIGHTINGS = ("images", "uniform")
+#: the dtype of the shared tensors in messages: float16 halves every message; averaging stays in float32
+TRANSFERS = ("float32", "float16")
 
 
 @dataclass
@@ -37,6 +39,8 @@ class FedSettings:
     keep_optimizer: bool = True
     #: fewest sites a round may go on with (0: every site); the others miss that round
     min_sites: int = 0
+    #: dtype of the shared tensors sent each way (float16: half the bytes; the coordinator keeps and averages float32)
+    transfer: str = "float32"
 
     def validate(self) -> None:
         problems = []
@@ -47,6 +51,8 @@ class FedSettings:
                             f"got {self.epochs_per_round}, {self.steps_per_round}")
         if self.weighting not in WEIGHTINGS:
             problems.append(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if self.transfer not in TRANSFERS:
+            problems.append(f"transfer must be one of {', '.join(TRANSFERS)}, got {self.transfer!r}")
         if self.min_sites < 0:
             problems.append(f"min_sites must be at least 0, got {self.min_sites}")
         if problems:
@@ -82,7 +88,10 @@ _FLAG_HELP = {
     "weighting": "average by each site's training images (default, FedAvg) or uniformly (FedBN's code)",
     "keep_optimizer": "keep each site's Adam state between rounds (default: keep)",
     "min_sites": "fewest sites a round goes on with (default 0: all); the log names who took part",
+    "transfer": "dtype of the shared weights in messages (default float32; float16 halves what travels, "
+                "averaging stays float32)",
 }
+_CHOICES = {"weighting": WEIGHTINGS, "transfer": TRANSFERS}
 
 
 def add_settings_flags(parser) -> None:
@@ -96,7 +105,7 @@ def add_settings_flags(parser) -> None:
                                 help=_FLAG_HELP[f.name])
         else:
             parser.add_argument(flag, dest=f.name, type=type(default), default=default, help=_FLAG_HELP[f.name],
-                                **({"choices": WEIGHTINGS} if f.name == "weighting" else {}))
+                                **({"choices": _CHOICES[f.name]} if f.name in _CHOICES else {}))
 
 
 def settings_from_args(args) -> FedSettings:

@@ -30,12 +30,13 @@ from ..errors import CrossSiteError, DivergedError
 from ..evaluate import evaluate_part
 from ..io import append_jsonl, atomic_write_text, read_jsonl
 from ..methods import METHODS, check_method
+from ..metrics import confusion_counts
 from ..train import (READ_EVERY, _check_same_settings, _seed_everything, _train_batch, _write_tail_predictions,
                      check_run_folder, prepare_data, test_best)
 from .contrast import FederatedContrastive
 from .messages import EvaluateIns, EvaluateRes, FitIns, FitRes
 from .settings import FedSettings
-from .state import load_shared, shared_state
+from .state import for_transfer, load_shared, shared_state
 
 #: a method's form at one site of a federation, where it differs from the registered class
 FEDERATED_FORMS = {"contrastive": FederatedContrastive}
@@ -172,17 +173,21 @@ class SiteTrainer:
         return EvaluateRes(self.name, ins.round, {"val_auc": auc})
 
     def finish(self) -> EvaluateRes:
-        """Test best.pt on this site's test part (metrics.json, predictions.csv); only the metrics go back."""
+        """Test best.pt on this site's test part (metrics.json, predictions.csv); only the metrics go back,
+        with the test part's confusion counts (four numbers: the coordinator pools them over sites)."""
         metrics = run_folder.read_metrics(self.out)
         if metrics is None:
             if not (self.out / run_folder.BEST).exists():  # validation AUC undefined every round: the last round
                 save_checkpoint(self.out / run_folder.BEST, self.method, self.config, [self.name], epoch=self.round,
                                 site_epochs={}, val_mean_auc=float("nan"))
             metrics = test_best(self.config, self.data, self.out, self.device)
-        return EvaluateRes(self.name, self.round, dict(metrics["sites"][self.name]))
+        rows = run_folder.read_predictions(self.out / run_folder.PREDICTIONS)
+        counts = confusion_counts([int(r["label"]) for r in rows], [float(r["p_covid"]) for r in rows])
+        return EvaluateRes(self.name, self.round, {**metrics["sites"][self.name], **counts})
 
     def _fit_result(self) -> FitRes:
-        return FitRes(self.name, self.round, shared_state(self.method), self.num_examples, dict(self.stats),
+        return FitRes(self.name, self.round, for_transfer(shared_state(self.method), self.settings.transfer),
+                      self.num_examples, dict(self.stats),
                       dict(self.extras))
 
     def _stop_if_diverged(self, round: int) -> None:

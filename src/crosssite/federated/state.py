@@ -43,6 +43,12 @@ def shared_state(method: nn.Module) -> State:
     return {k: v.detach().to("cpu", copy=True) for k, v in method.state_dict().items() if k not in local}
 
 
+def for_transfer(state: State, dtype: str) -> State:
+    """The state as a message carries it: floating tensors in `dtype` ("float32" or "float16"), counters as they are."""
+    target = getattr(torch, dtype)
+    return {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
+
+
 def load_shared(method: nn.Module, shared: State) -> None:
     """Put the global shared state into the method, leaving its site-specific part as it is."""
     expected = set(method.state_dict()) - local_keys(method)
@@ -54,12 +60,14 @@ def load_shared(method: nn.Module, shared: State) -> None:
 
 def average(states: list[State], weights: list[float]) -> State:
     """The weighted mean of the sites' shared states (weights normalised here); computed in float64 and
-    returned in each entry's own dtype (an integer counter is rounded)."""
+    returned in each entry's own dtype, at least float32 (states sent as float16 average to float32; an
+    integer counter is rounded)."""
     if not states or len(states) != len(weights) or min(weights) < 0 or sum(weights) <= 0:
         raise ValueError(f"need one non-negative weight per state with a positive sum, got {weights}")
     total = float(sum(weights))
     mean = {}
     for key, first in states[0].items():
         acc = sum(float(w) / total * s[key].to(torch.float64) for s, w in zip(states, weights))
-        mean[key] = (acc.round() if not first.is_floating_point() else acc).to(first.dtype)
+        dtype = torch.promote_types(first.dtype, torch.float32) if first.is_floating_point() else first.dtype
+        mean[key] = (acc.round() if not first.is_floating_point() else acc).to(dtype)
     return mean
