@@ -45,7 +45,3 @@ def test_federated_rows_run_a_federation_per_job_on_the_centralised_folds_and_bu
         assert not list(folder.glob("**/last.pt"))  # resume state dropped once the job is recorded
     assert run_sweep(base, select_rows(["fedbn"]), seeds=1, out=fed_sweep, progress=False) == []
 
-
-def test_federated_rows_are_a_group_of_their_own_and_not_in_all():
-    assert [r.name for r in select_rows(["federated"])] == ["fedavg", "fedbn", "fed-contrastive"]
-    assert not any(r.trainer == "federate" for r in select_rows(["all"]))
