@@ -73,7 +73,7 @@ def layer_of(module: str) -> int | None:
 
 def test_every_module_has_a_layer():
     missing = sorted(m for m in module_names() if layer_of(m) is None)
-    assert not missing, f"give these modules a layer in tests/test_layers.py LAYERS: {missing}"
+    assert not missing, f"give these modules a layer in tests/test_import_layers.py LAYERS: {missing}"
 
 
 def test_no_import_climbs_to_a_higher_layer():
