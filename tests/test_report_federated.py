@@ -28,6 +28,7 @@ def test_report_against_pairs_each_federated_job_with_the_centralised_job_of_its
         assert int(r["n_pairs"]) == 2
         assert float(r["mean_diff"]) == pytest.approx(expected["mean_diff"])
         assert float(r["ci_low"]) == pytest.approx(expected["ci_low"])
+        assert float(r["federated_mean"]) - float(r["centralised_mean"]) == pytest.approx(expected["mean_diff"])
     costs = list(csv.DictReader(open(fed / "tables" / "federated_costs.csv")))
     moved = [j["communication"] for j in res_fed.ok("fedbn")]
     for c in costs:

@@ -52,9 +52,13 @@ def federated_tests(fed: SweepResults, central: SweepResults) -> list[dict]:
                 auc = RECORDED_AUC[choice]
                 values = [{(j["fold"], j["seed"]): 100 * auc(j, site) for j in res.ok(name) if site in j["sites"]}
                           for res, name in ((fed, row.name), (central, pair))]
+                paired = [k for k in values[0].keys() & values[1].keys()
+                          if not (math.isnan(values[0][k]) or math.isnan(values[1][k]))]
+                means = [float(np.mean([v[k] for k in paired])) if paired else math.nan for v in values]
                 tests.append({"federated": row.name, "centralised": pair,
                               "comparison": f"{row.display} vs {ROW_BY_NAME[pair].display}", "site": site,
-                              "epoch": choice, "test_train_ratio": ratio, **paired_differences(*values, ratio)})
+                              "epoch": choice, "federated_mean": means[0], "centralised_mean": means[1],
+                              "test_train_ratio": ratio, **paired_differences(*values, ratio)})
     return tests
 
 
@@ -81,6 +85,10 @@ def costs(fed: SweepResults, central: SweepResults) -> list[dict]:
     return entries
 
 
+def _number(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1f}"
+
+
 def _minutes(mean: float, sd: float) -> str:
     return "n/a" if math.isnan(mean) else f"{mean / 60:.1f}" + ("" if math.isnan(sd) else f" ± {sd / 60:.1f}")
 
@@ -98,17 +106,20 @@ def federated_section(fed: SweepResults, central: SweepResults | None, tables: P
     atomic_write_csv(tables / "federated.csv", tests)
     entries = costs(fed, central)
     atomic_write_csv(tables / "federated_costs.csv", entries)
-    grid = [[t["comparison"], t["site"], EPOCH_CHOICES[t["epoch"]], difference_cell(t)] for t in tests]
-    cost_grid = [[ROW_BY_NAME[e["row"]].display, e["site"], f"{e['mib_down']:.1f}", f"{e['mib_up']:.1f}",
+    grid = [[t["comparison"], t["site"], EPOCH_CHOICES[t["epoch"]], _number(t["federated_mean"]),
+             _number(t["centralised_mean"]), difference_cell(t)] for t in tests]
+    cost_grid = [[ROW_BY_NAME[e["row"]].display, e["site"], _number(e["mib_down"]), _number(e["mib_up"]),
                   f"{_minutes(e['seconds'], e['seconds_sd'])} ({e['jobs']})",
                   f"{_minutes(e['centralised_seconds'], e['centralised_seconds_sd'])} ({e['centralised_jobs']})"]
                  for e in entries]
     return md + [
         f"Test AUC of each federated row minus its centralised row in `{central.folder}`, in points, jobs paired "
-        "by (fold, seed) across the two sweeps (same settings, so the same split of every site): mean paired "
-        "difference [95 % interval], p of the corrected repeated k-fold t-test (as in the paired tables above), "
-        "(pairs, repetitions; naive ttest_rel p). Negative: federating costs AUC. n/a: fewer than 2 pairs.", "",
-        markdown(["Comparison", "Site", "Epoch", "Federated - centralised"], grid) if grid else
+        "by (fold, seed) across the two sweeps (same settings, so the same split of every site): the mean test "
+        "AUC of each side over the paired jobs, and the mean paired difference [95 % interval], p of the "
+        "corrected repeated k-fold t-test (as in the paired tables above), (pairs, repetitions; naive ttest_rel "
+        "p). Negative: federating costs AUC. n/a: fewer than 2 pairs.", "",
+        markdown(["Comparison", "Site", "Epoch", "Federated AUC", "Centralised AUC", "Federated - centralised"], grid)
+        if grid else
         "No federated row has its centralised row in the reference sweep.\n", "",
         "Cost per job: MiB of tensors sent to each site (shared state for training and for validation, other "
         "sites' class means) and from it (its trained shared state, its class means), summed over the job's "
