@@ -134,21 +134,21 @@ def job_record(job: Job, device: str) -> dict:
     }
 
 
-def train_job(config: TrainConfig, device: str) -> dict:
+def train_job(job: Job, device: str) -> dict:
     """A centralised job: `crosssite train`, resuming whatever the job folder holds (a cut run, with or
     without last.pt yet, or a finished one whose results line was lost: train then returns its metrics.json)."""
     from .train import train
 
-    return train(config, resume=(Path(config.out) / run_folder.CONFIG).exists(), progress=False, device=device)
+    return train(job.config, resume=(job.folder / run_folder.CONFIG).exists(), progress=False, device=device)
 
 
-def federated_job(config: TrainConfig, device: str) -> dict:
+def federated_job(job: Job, device: str) -> dict:
     from .federated.job import run_federated_job
 
-    return run_federated_job(config, device)
+    return run_federated_job(job.config, device, job.row.rounds_per_epoch)
 
 
-#: how a row's job trains (Row.trainer): config and device -> the job's metrics.json
+#: how a row's job trains (Row.trainer): job and device -> the job's metrics.json
 TRAINERS = {"train": train_job, "federate": federated_job}
 #: what a results.jsonl line copies from a job's metrics.json (`communication`: federated jobs only)
 RECORDED = ("best_epoch", "sites", "tail_auc", "communication")
@@ -161,7 +161,7 @@ def run_job(job: Job, device: str | None = None) -> dict:
     record = job_record(job, device)
     started = time.time()
     try:
-        metrics = TRAINERS[job.row.trainer](job.config, device)
+        metrics = TRAINERS[job.row.trainer](job, device)
     except Exception as e:  # a failed job is recorded and the sweep goes on; Ctrl-C still stops it
         return {**record, "status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": round(time.time() - started, 2)}
     return {**record, "status": "ok", "seconds": round(time.time() - started, 2),

@@ -30,6 +30,8 @@ def test_federated_rows_run_a_federation_per_job_on_the_centralised_folds_and_bu
         config = base.replace(method="sepnorm", fold=fed["fold"], seed=fed["seed"])
         steps = math.ceil(max(len(parts["train"]) for parts in central_split.values()) / base.batch_per_site)
         assert matched_settings(config).steps_per_round == steps
+        thirds = matched_settings(config, rounds_per_epoch=3)  # a third of the steps in three times the rounds
+        assert (thirds.rounds, thirds.steps_per_round) == (3 * base.epochs, math.ceil(steps / 3))
         for site in SITES:
             assert [r["steps"] for r in read_jsonl(folder / site / "train_log.jsonl")] == [steps] * base.epochs
         # the record holds what the report pairs: per-site test metrics and tail AUCs, and the joined predictions

@@ -5,7 +5,9 @@ until the larger site has been seen once: ceil(N_max / batch) steps of `batch_pe
 site, the smaller site repeated (crosssite.data.sampling). So the federation runs `epochs` rounds of exactly
 that many local steps at every site (`steps_per_round`): each site sees epochs x ceil(N_max / batch) x batch
 images, as centralised, and the larger site one pass over its images per round. The learning rate follows
-the same cosine over rounds as over epochs; averaging is weighted by training images (FedAvg).
+the same cosine over rounds as over epochs; averaging is weighted by training images (FedAvg). A row's
+`rounds_per_epoch` k splits each epoch's steps over k rounds (ceil(steps / k) each): the same images, averaged
+k times as often.
 
 The job folder is the federation's OUT (config.yaml, federation.yaml, federation_log.jsonl, summary.json,
 one run folder per site) and, so that the sweep and the report read it as they read a centralised job:
@@ -33,14 +35,15 @@ from .settings import FedSettings
 COMMUNICATION = "communication.jsonl"
 
 
-def matched_settings(config: TrainConfig) -> FedSettings:
-    """The federation whose every site sees as many training images as in `config`'s centralised run."""
+def matched_settings(config: TrainConfig, rounds_per_epoch: int = 1) -> FedSettings:
+    """The federation whose every site sees as many training images as in `config`'s centralised run:
+    `rounds_per_epoch` rounds per centralised epoch, each of that share of its steps (rounded up)."""
     sites = load_sites(Path(config.data) if config.data else None, config.sites, config.slices)
     splits = make_splits(sites, config.split, config.fold, config.folds, config.seed, config.group_duplicates,
                          config.window)
-    largest = max(len(parts["train"]) for parts in splits.values())
-    return FedSettings(rounds=config.epochs, epochs_per_round=1,
-                       steps_per_round=math.ceil(largest / config.batch_per_site))
+    epoch_steps = math.ceil(max(len(parts["train"]) for parts in splits.values()) / config.batch_per_site)
+    return FedSettings(rounds=config.epochs * rounds_per_epoch, epochs_per_round=1,
+                       steps_per_round=math.ceil(epoch_steps / rounds_per_epoch))
 
 
 def message_bytes(message) -> int:
@@ -88,10 +91,10 @@ def _joined_rows(out: Path, sites: list[str], name: str) -> list[dict]:
             for row in run_folder.read_predictions(out / site / name)]
 
 
-def run_federated_job(config: TrainConfig, device: str) -> dict:
+def run_federated_job(config: TrainConfig, device: str, rounds_per_epoch: int = 1) -> dict:
     """Run (or resume) the federation of `config` at the matched budget; return the job's metrics.json."""
     out = Path(config.out)
-    settings = matched_settings(config)
+    settings = matched_settings(config, rounds_per_epoch)
     summary = federate(config, settings, resume=True, progress=False, device=str(distributed.device(device)),
                        transport=lambda inner: CountedTransport(inner, out / COMMUNICATION))
     sites = list(summary["sites"])
