@@ -146,6 +146,23 @@ def fed_config(tmp_path):
     return make
 
 
+@pytest.fixture(scope="session")
+def fed_and_central_sweeps(tmp_path_factory) -> tuple[Path, Path]:
+    """(federated, centralised) sweep folders on the shipped sample at TINY_SETTINGS, 2 folds x 1 seed x 1
+    epoch: the row fedbn, and its centralised row sepnorm, each in its own folder as results/federated and
+    results/cpu are."""
+    from crosssite.config import TrainConfig
+    from crosssite.paper import ROW_BY_NAME
+    from crosssite.sweep import run_sweep
+
+    base = TrainConfig(**{**TINY_SETTINGS, "epochs": 1, "folds": 2})
+    folders = tmp_path_factory.mktemp("fed_sweep") / "federated", tmp_path_factory.mktemp("cpu_sweep") / "cpu"
+    for folder, row in zip(folders, ("fedbn", "sepnorm")):
+        records = run_sweep(base, [ROW_BY_NAME[row]], seeds=1, out=folder, progress=False)
+        assert [r["status"] for r in records] == ["ok", "ok"], [r.get("error") for r in records]
+    return folders
+
+
 def tiny_fed(**changes):
     """Federation settings for tests: two rounds of two local steps (seconds on a CPU), plus `changes`."""
     from crosssite.federated.settings import FedSettings

@@ -7,8 +7,10 @@ from crosssite.config import TrainConfig
 from crosssite.methods import METHODS
 from crosssite.metrics import METRIC_NAMES
 from crosssite.paper import (
-    COMPARED_METRIC, COMPARISONS, FIG3_PANELS, OURS, ROW_BY_NAME, ROW_GROUPS, ROWS, TABLE1_METRICS, planned_names,
+    COMPARED_METRIC, COMPARISONS, FEDERATED_PAIRS, FIG3_PANELS, OURS, ROW_BY_NAME, ROW_GROUPS, ROWS, TABLE1_METRICS,
+    planned_names, select_rows,
 )
+from crosssite.sweep import TRAINERS
 
 
 def test_design_names_only_known_things():
@@ -21,7 +23,15 @@ def test_design_names_only_known_things():
     named = [OURS] + [n for _, _, pairs, _ in COMPARISONS for pair in pairs for n in pair]
     named += [n for _, rows in FIG3_PANELS for n in rows]
     assert set(named) <= set(ROW_BY_NAME)
-    assert set(ROW_GROUPS["all"]) == set(ROWS)
+    assert set(ROW_GROUPS["all"]) | set(ROW_GROUPS["federated"]) == set(ROWS)
+    assert all(row.trainer in TRAINERS for row in ROWS)
+
+
+def test_federated_rows_are_a_group_of_their_own_and_not_in_all():
+    assert [r.name for r in select_rows(["federated"])][:3] == ["fedavg", "fedbn", "fed-contrastive"]
+    assert set(FEDERATED_PAIRS) == {r.name for r in select_rows(["federated"])}
+    assert not any(r.trainer == "federate" for r in select_rows(["all"]))
+    assert all(ROW_BY_NAME[f].method == ROW_BY_NAME[c].method for f, c in FEDERATED_PAIRS.items())
 
 
 def test_planned_order_runs_the_papers_rows_first():

@@ -1,7 +1,7 @@
 """The evidence pages quote the committed sweeps' reports and nothing else: every decimal number in
 README's evidence section and in docs/evidence.md (but its provenance section, which reports re-runs
-outside the sweep with their own command) appears in results/cpu/report.md or
-results/cpu-decisive/report.md, so the prose cannot drift from the reports."""
+outside the sweep with their own command) appears in results/cpu/report.md,
+results/cpu-decisive/report.md or results/federated/report.md, so the prose cannot drift from the reports."""
 
 import re
 from pathlib import Path
@@ -9,7 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"(?<![\w.])[+-]?\d+\.\d+")  # decimals carry the measurements; integers count things
 UNCHECKED = "## Provenance"  # sections of docs/evidence.md whose numbers come from elsewhere
-REPORTS = ("results/cpu/report.md", "results/cpu-decisive/report.md")  # the sweeps the evidence quotes
+REPORTS = ("results/cpu/report.md", "results/cpu-decisive/report.md",  # the sweeps the evidence quotes
+           "results/federated/report.md")
 
 
 def headings(text: str):

@@ -142,7 +142,7 @@ def test_a_setting_added_after_the_sweep_started_is_taken_at_its_default(tmp_pat
 
 
 def test_rows_are_selected_by_name_and_unknown_ones_are_named():
-    assert select_rows(["all"]) == ROWS
+    assert select_rows(["all"]) + select_rows(["federated"]) == ROWS  # all: every centralised row
     assert select_rows(["contrastive,joint-covidnet", "sepnorm", "contrastive"]) == [
         ROW_BY_NAME["joint-covidnet"], ROW_BY_NAME["sepnorm"], ROW_BY_NAME["contrastive"]
     ]

@@ -312,7 +312,7 @@ def cmd_federate(args) -> None:
 def cmd_report(args) -> None:
     from .report import load_results, primary_contrast, primary_lines, write_report
 
-    print(f"wrote {write_report(Path(args.folder), args.examples)}")
+    print(f"wrote {write_report(Path(args.folder), args.examples, Path(args.against) if args.against else None)}")
     contrast = primary_contrast(load_results(Path(args.folder)))
     if contrast is not None:  # the sweep holds docs/preregistration.md's pair: its analysis, as report.md has it
         print("\npre-registered comparison (docs/preregistration.md):\n" + "\n".join(primary_lines(contrast)).rstrip())
@@ -474,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="Tables I-III and Figs. 3-5 of a sweep folder: report.md, CSV, LaTeX, PNG")
     report.add_argument("folder", help="the sweep's --out folder")
     report.add_argument("--examples", type=int, default=4, help="Grad-CAM images per site, correct and wrong each")
+    report.add_argument("--against", metavar="SWEEP", help="a sweep of the same settings whose centralised rows the "
+                        "federated rows are paired with (e.g. results/cpu for results/federated)")
     report.set_defaults(func=cmd_report)
 
     tensorboard = sub.add_parser("tensorboard", help="TensorBoard event files from run folders' train_log.jsonl "

@@ -21,7 +21,9 @@ class Row:
     method: str
     backbone: str = "covidnet-redesign"
     settings: tuple[tuple[str, object], ...] = ()  # TrainConfig fields this row sets over the sweep's
-    group: str = "table1"  # table1 (the paper's rows), ablation or grouped (duplicate-grouped folds)
+    group: str = "table1"  # table1 (the paper's rows), ablation, grouped (duplicate-grouped folds) or federated
+    trainer: str = "train"  # how its jobs train: crosssite.sweep.TRAINERS (train, or federate: one process per job)
+    rounds_per_epoch: int = 1  # federate: rounds per centralised epoch, each with that share of the epoch's steps
 
 
 #: Table I of the paper, in the paper's order
@@ -52,9 +54,27 @@ GROUPED_ROWS = [
         ("contrastive", "Contrastive (ours)", "contrastive"),
     )
 ]
-ROWS = TABLE1_ROWS + ABLATION_ROWS + GROUPED_ROWS  # the one list of rows a sweep can run, in report order
+#: federated forms of three centralised rows (ours; docs/federated.md): each site trains on its own images,
+#: at the centralised row's budget in images per site (crosssite.federated.job)
+FEDERATED_ROWS = [
+    Row("fedavg", "FedAvg (Joint, federated)", "joint", group="federated", trainer="federate"),
+    Row("fedbn", "FedBN (SepNorm, federated)", "sepnorm", group="federated", trainer="federate"),
+    Row("fed-contrastive", "Contrastive, federated (ours)", "contrastive", group="federated", trainer="federate"),
+    # the same images per site in 3 times as many rounds of a third of the steps: less drift between averagings
+    Row("fedavg-3x", "FedAvg, 3 rounds per epoch", "joint", group="federated", trainer="federate", rounds_per_epoch=3),
+    Row("fedbn-3x", "FedBN, 3 rounds per epoch", "sepnorm", group="federated", trainer="federate", rounds_per_epoch=3),
+    Row("fed-contrastive-3x", "Contrastive, federated, 3 rounds per epoch", "contrastive", group="federated",
+        trainer="federate", rounds_per_epoch=3),
+]
+#: the centralised row each federated row is paired with (`crosssite report --against`)
+FEDERATED_PAIRS = {"fedavg": "joint-redesign", "fedbn": "sepnorm", "fed-contrastive": "contrastive",
+                   "fedavg-3x": "joint-redesign", "fedbn-3x": "sepnorm", "fed-contrastive-3x": "contrastive"}
+CENTRALISED_ROWS = TABLE1_ROWS + ABLATION_ROWS + GROUPED_ROWS
+ROWS = CENTRALISED_ROWS + FEDERATED_ROWS  # the one list of rows a sweep can run, in report order
 ROW_BY_NAME = {r.name: r for r in ROWS}
-ROW_GROUPS = {"table1": TABLE1_ROWS, "ablations": ABLATION_ROWS, "grouped": GROUPED_ROWS, "all": ROWS}
+#: `all` is every centralised row (a federated job is a different experiment: ask for `federated`)
+ROW_GROUPS = {"table1": TABLE1_ROWS, "ablations": ABLATION_ROWS, "grouped": GROUPED_ROWS,
+              "federated": FEDERATED_ROWS, "all": CENTRALISED_ROWS}
 
 #: the paper's method: the first row of Tables II and III, the model of the Grad-CAM figures
 OURS = "contrastive"
@@ -89,8 +109,8 @@ FIG3_PANELS = (
 
 
 def select_rows(names: list[str]) -> list[Row]:
-    """Rows by name or group (table1, ablations, grouped, all), in report order; a name may be a
-    comma-separated list."""
+    """Rows by name or group (table1, ablations, grouped, federated, all: every centralised row), in report
+    order; a name may be a comma-separated list."""
     wanted = [n for item in names for n in item.replace(",", " ").split()]
     unknown = [n for n in wanted if n not in ROW_BY_NAME and n not in ROW_GROUPS]
     if unknown or not wanted:

@@ -6,7 +6,8 @@ Sweep folder (`out`):
                   it and each that extended it (not compared).
   results.jsonl   one JSON line per job that ended: settings, status ("ok" or "failed"), error,
                   wall time, code commit and per-site test metrics; `crosssite report` reads it
-  jobs/NAME/      one `crosssite train` run folder per job, NAME = ROW-foldF-seedS
+  jobs/NAME/      one folder per job, NAME = ROW-foldF-seedS: a `crosssite train` run folder, or for a
+                  federated row a federation's folder (crosssite.federated.job)
   slurm/          --launcher slurm only: Slurm job ids and submitit's scripts and logs (crosssite.slurm)
 
 A restarted sweep skips finished jobs (metrics.json written and an "ok" line in results.jsonl),
@@ -123,6 +124,7 @@ def job_record(job: Job, device: str) -> dict:
         "job": job.name,
         "row": job.row.name,
         "method": job.row.method,
+        "trainer": job.row.trainer,
         "backbone": job.row.backbone,
         "fold": job.fold,
         "seed": job.seed,
@@ -132,28 +134,38 @@ def job_record(job: Job, device: str) -> dict:
     }
 
 
-def run_job(job: Job, device: str | None = None) -> dict:
-    """Train one job in-process (resuming from its last.pt) on `device` (default: this worker's) and
-    return its results.jsonl record."""
+def train_job(job: Job, device: str) -> dict:
+    """A centralised job: `crosssite train`, resuming whatever the job folder holds (a cut run, with or
+    without last.pt yet, or a finished one whose results line was lost: train then returns its metrics.json)."""
     from .train import train
 
+    return train(job.config, resume=(job.folder / run_folder.CONFIG).exists(), progress=False, device=device)
+
+
+def federated_job(job: Job, device: str) -> dict:
+    from .federated.job import run_federated_job
+
+    return run_federated_job(job.config, device, job.row.rounds_per_epoch)
+
+
+#: how a row's job trains (Row.trainer): job and device -> the job's metrics.json
+TRAINERS = {"train": train_job, "federate": federated_job}
+#: what a results.jsonl line copies from a job's metrics.json (`communication`: federated jobs only)
+RECORDED = ("best_epoch", "sites", "tail_auc", "communication")
+
+
+def run_job(job: Job, device: str | None = None) -> dict:
+    """Run one job in-process (resuming it) on `device` (default: this worker's), as its row's trainer
+    says, and return its results.jsonl record."""
     device = device or _worker_device
     record = job_record(job, device)
     started = time.time()
     try:
-        # resume whatever the job folder holds: a cut run (with or without last.pt yet), or a finished one
-        # whose results line was lost (train then returns its metrics.json)
-        metrics = train(job.config, resume=(job.folder / run_folder.CONFIG).exists(), progress=False, device=device)
+        metrics = TRAINERS[job.row.trainer](job, device)
     except Exception as e:  # a failed job is recorded and the sweep goes on; Ctrl-C still stops it
         return {**record, "status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": round(time.time() - started, 2)}
-    return {
-        **record,
-        "status": "ok",
-        "seconds": round(time.time() - started, 2),
-        "best_epoch": metrics["best_epoch"],
-        "sites": metrics["sites"],
-        "tail_auc": metrics["tail_auc"],
-    }
+    return {**record, "status": "ok", "seconds": round(time.time() - started, 2),
+            **{k: metrics[k] for k in RECORDED if k in metrics}}
 
 
 def sweep_settings(base: TrainConfig, rows: list[Row], seeds: int, row_seeds: dict[str, int] | None = None) -> dict:
@@ -355,7 +367,8 @@ def run_sweep(
             append_jsonl(results, record)
             written.append(record)
             if record["status"] == "ok":
-                (job.folder / run_folder.LAST).unlink(missing_ok=True)
+                for resume_state in job.folder.glob(f"**/{run_folder.LAST}"):  # a federation: one per site
+                    resume_state.unlink()
             else:
                 bar.write(f"{job.name} failed: {record['error']}")
             bar.update()

@@ -16,6 +16,7 @@ from ..stats import BOOTSTRAP_REPLICATES
 from ..sweep import EXTENSIONS, PROVENANCE
 from . import render
 from .calibration_section import sweep_section
+from .federated_section import federated_section
 from .figures import gradcam_figures, pooled_predictions, roc_figure
 from .preregistered import primary_contrast
 from .results import SweepResults, job_scores, load_results
@@ -31,6 +32,7 @@ class Report:
 
     res: SweepResults
     examples: int = GRADCAM_EXAMPLES
+    against: SweepResults | None = None  # the centralised reference sweep of federated rows (--against)
 
     @property
     def tables(self) -> Path:
@@ -181,6 +183,10 @@ def comparisons(report: Report) -> list[str]:
                  *(said or ["No comparisons in this sweep."]), ""]
 
 
+def federated(report: Report) -> list[str]:
+    return federated_section(report.res, report.against, report.tables)
+
+
 def grouped_folds(report: Report) -> list[str]:
     changes = grouped_changes(report.res, report.robust, report.aucs)
     md = ["## Duplicate-grouped folds", ""]
@@ -242,13 +248,14 @@ def missing_jobs(report: Report) -> list[str]:
     return md + [f"- failed: `{j}`: {error}" for j, error in failed.items()]
 
 
-SECTIONS = (header, preregistered, table_i, auc_intervals, patient_auc, comparisons, grouped_folds, calibration, fig3,
-            figs4_5, missing_jobs)
+SECTIONS = (header, preregistered, table_i, auc_intervals, patient_auc, comparisons, federated, grouped_folds,
+            calibration, fig3, figs4_5, missing_jobs)
 
 
-def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES) -> Path:
-    """Write report.md, tables/ and figures/ into the sweep folder; return report.md's path."""
-    report = Report(load_results(Path(folder)), examples)
+def write_report(folder: Path, examples: int = GRADCAM_EXAMPLES, against: Path | None = None) -> Path:
+    """Write report.md, tables/ and figures/ into the sweep folder; return report.md's path. `against`: the
+    sweep folder of the centralised rows that federated rows are paired with."""
+    report = Report(load_results(Path(folder)), examples, load_results(Path(against)) if against else None)
     md = [line for section in SECTIONS for line in section(report)]
     path = report.res.folder / "report.md"
     atomic_write_text(path, "\n".join(md).rstrip() + "\n")
