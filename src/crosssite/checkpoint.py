@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .config import TrainConfig
-from .errors import CheckpointError, CrossSiteError
+from .errors import CheckpointError, CrossSiteError, first_line
 from .io import atomic_write
 
 if TYPE_CHECKING:
@@ -68,9 +68,9 @@ def load_checkpoint(path: Path, expect_method: str | None = None) -> dict:
         if "Weights only load failed" in str(e):  # torch's advice to load it unsafely is not ours to give
             raise CheckpointError(f"{path}: not a crosssite checkpoint (it holds Python objects whose loading "
                                   "could run code; refused)") from None
-        raise CheckpointError(f"{path}: not a crosssite checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a crosssite checkpoint ({first_line(e)})") from None
     except Exception as e:  # torch raises many kinds for a file that is not a torch.save archive
-        raise CheckpointError(f"{path}: not a crosssite checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a crosssite checkpoint ({first_line(e)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a crosssite checkpoint (no '{FORMAT}' marker)")
     if payload.get("version") != VERSION:
@@ -81,10 +81,6 @@ def load_checkpoint(path: Path, expect_method: str | None = None) -> dict:
     if expect_method is not None and payload["method"] != expect_method:
         raise CheckpointError(f"{path}: checkpoint of method {payload['method']!r}, expected {expect_method!r}")
     return payload
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 @dataclass

@@ -30,3 +30,9 @@ def print_warning(message, category, filename, lineno, file=None, line=None) -> 
     """Warnings as one line each, like errors (no source location: the user cannot act on it); installed as
     `warnings.showwarning` by the CLI and in every `crosssite sweep` worker process."""
     print(f"crosssite: warning: {message}", file=sys.stderr)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's text (its type where it has none): what one-line messages quote."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

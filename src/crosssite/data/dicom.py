@@ -18,7 +18,7 @@ import numpy as np
 
 from crosssite.data.orientation import slice_order
 from crosssite.data.readers import SERIES_MARK, Header, ScanReader, Volume, member_reader, note, register
-from crosssite.errors import DataError
+from crosssite.errors import DataError, first_line
 
 EXTRA_HINT = "pip install 'crosssite[dicom]'"
 COMPRESSED_HINT = "pip install 'crosssite[dicom-jpeg]' (python-gdcm)"
@@ -38,17 +38,13 @@ def pydicom_module(path):
     return pydicom
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def read_file(path: Path, pixels: bool):
     """The dataset (pixel data loaded only with `pixels`); a file that ends inside an element is truncated."""
     pydicom = pydicom_module(path)
     try:
         ds = pydicom.dcmread(path, defer_size=None if pixels else 1024)  # deferred: seen, not loaded
     except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable DICOM file ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable DICOM file ({first_line(exc)})") from None
     if _ends_early(ds):
         raise DataError(f"{path}: DICOM file is truncated (it ends inside its header, before the pixel data)")
     return ds
@@ -316,7 +312,7 @@ def _stored(ds, path: Path) -> np.ndarray:
         if syntax is not None and syntax.is_compressed:
             raise DataError(f"{path}: cannot decode {syntax.name} pixel data; install a decoder: "
                             f"{COMPRESSED_HINT}, or {CONVERT_HINT}") from None
-        raise DataError(f"{path}: cannot read pixel data ({_first_line(exc)})") from None
+        raise DataError(f"{path}: cannot read pixel data ({first_line(exc)})") from None
 
 
 def hounsfield(plane: Plane, stored: np.ndarray) -> np.ndarray:

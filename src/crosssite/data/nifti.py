@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from crosssite.data.readers import Header, ScanReader, Volume, register
-from crosssite.errors import DataError
+from crosssite.errors import DataError, first_line
 
 EXTRA_HINT = "pip install 'crosssite[dicom]'"
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -28,10 +28,6 @@ def _nibabel(path):
     return nibabel
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def _load(path: Path):
     """The image (header read, data not yet) and its shape as 2 or 3 dimensions."""
     nibabel = _nibabel(path)
@@ -40,7 +36,7 @@ def _load(path: Path):
     except Exception as exc:  # nibabel raises many kinds for a damaged or foreign file
         if _truncated(path):
             raise DataError(f"{path}: NIfTI file is truncated (it ends inside its header)") from None
-        raise DataError(f"{path}: not a readable NIfTI file ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable NIfTI file ({first_line(exc)})") from None
     shape = image.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -83,7 +79,7 @@ def read(scan: str) -> Volume:
         data = np.asarray(image.get_fdata(dtype=np.float32))
     except (EOFError, zlib.error, OSError, ValueError) as exc:
         what = "file is truncated" if _truncated(path, image) else "data is damaged"
-        raise DataError(f"{path}: NIfTI {what} ({_first_line(exc)})") from None
+        raise DataError(f"{path}: NIfTI {what} ({first_line(exc)})") from None
     return Volume(data.reshape(tuple(shape) + (1,) * (3 - len(shape))), _axes(image))
 
 
