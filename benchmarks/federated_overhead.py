@@ -48,7 +48,7 @@ def main() -> None:
 
         sites = load_sites(Path(args.data), [])
         with Deployment(folder / "flower", insecure=True) as deployment:
-            deployment.start_superlink(list(sites))
+            deployment.start_superlink()
             for name, site in sites.items():
                 deployment.start_supernode(name, name, site.root, folder / "fed" / name)
             deployment.run(write_app(folder / "app", config, settings), folder / "fed", timeout=3600)

@@ -298,9 +298,25 @@ def cmd_federate(args) -> None:
 
     settings = settings_from_args(args)
     config = config_from_args(args).replace(epochs=settings.rounds * settings.epochs_per_round)
+    if args.flower_app:
+        from .federated.loopback import require_flower, write_app
+
+        require_flower()
+        app = write_app(Path(args.flower_app), config, settings)
+        print(f"{app}: a Flower App of crosssite's ServerApp and ClientApp with these settings (the coordinator "
+              f"writes {config.out}); run it with `flwr run {app} CONNECTION` once the SuperLink and each "
+              "hospital's SuperNode run (docs/federated.md, 'The real deployment')")
+        return
     if config.data is None and not config.sites:
         raise CrossSiteError("no data: pass --data DIR and/or --site NAME=PATH")
-    summary = federate(config, settings, resume=args.resume, progress=not args.quiet, processes=args.processes)
+    if args.insecure and not args.flower:
+        raise CrossSiteError("--insecure turns off the TLS and node authentication of --flower; it means nothing without it")
+    if args.flower:
+        from .federated.loopback import federate_over_flower
+
+        summary = federate_over_flower(config, settings, resume=args.resume, insecure=args.insecure)
+    else:
+        summary = federate(config, settings, resume=args.resume, progress=not args.quiet, processes=args.processes)
     print(f"{config.out}: {summary['rounds']} rounds; each site's run folder is {config.out}/SITE "
           f"(best.pt on its own validation AUC); test metrics of each site's best.pt:")
     print(format_metrics(summary["sites"]))
@@ -465,8 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(federate, exclude=("epochs",))
     from .federated.settings import add_settings_flags
     add_settings_flags(federate)
-    federate.add_argument("--processes", action="store_true",
-                          help="one process per site, training side by side (default: every site in this process)")
+    transport = federate.add_mutually_exclusive_group()
+    transport.add_argument("--processes", action="store_true",
+                           help="one process per site, training side by side (default: every site in this process)")
+    transport.add_argument("--flower", action="store_true",
+                           help="run it as a Flower deployment on this machine: a SuperLink and one SuperNode per "
+                           "site on 127.0.0.1, TLS and registered node keys (needs the [fed] extra)")
+    transport.add_argument("--flower-app", metavar="DIR",
+                           help="write the Flower App of this federation to DIR for `flwr run` at a real "
+                           "coordinator, and stop (needs the [fed] extra)")
+    federate.add_argument("--insecure", action="store_true",
+                          help="with --flower: no TLS, no node authentication (only for processes on one trusted machine)")
     federate.add_argument("--resume", action="store_true", help="continue the federation in --out")
     federate.add_argument("--quiet", action="store_true", help="no progress bars")
     federate.set_defaults(func=cmd_federate)

@@ -14,29 +14,25 @@ pytest.importorskip("flwr", reason="the deployment needs the [fed] extra")
 
 
 def test_a_deployed_federation_over_tls_with_authenticated_nodes_equals_the_in_machine_one(fed_config, tmp_path):
+    """What `crosssite federate --flower` runs (crosssite.federated.loopback.flower_federation), plus a stranger."""
     from crosssite.federated.local import federate
-    from crosssite.federated.loopback import Deployment, write_app
+    from crosssite.federated.loopback import flower_federation
 
     settings = tiny_fed()
     config = fed_config("sepnorm", out=str(tmp_path / "deployed"))
     sites = load_sites(SAMPLE_DATA, [])
-    nodes = [f"node-{i}" for i in range(len(sites))]
-    with Deployment(tmp_path / "flower") as deployment:
-        deployment.start_superlink(nodes)
-        deployment.register(*nodes)
-        for node, (name, site) in zip(nodes, sites.items()):
-            deployment.start_supernode(node, name, site.root, tmp_path / "deployed" / name)
+    with flower_federation(config, settings) as deployment:
+        # a SuperNode with a key of its own that nobody registered
         stranger = deployment.start_supernode("stranger", "stranger", SAMPLE_DATA / "covid-ct", tmp_path / "stranger")
-        deployment.start_run(write_app(tmp_path / "app", config, settings))
         # the in-machine run to compare with, while the deployed one waits on its messages
         local = federate(config.replace(out=str(tmp_path / "local")), settings, progress=False)
-        summary = deployment.wait(tmp_path / "deployed", timeout=400)
+        summary = deployment.wait(tmp_path / "deployed", timeout=400, since=deployment.started)
         # a SuperNode whose key is not registered is refused: it gives up, and no site of that name took part
         deadline = time.time() + 60
         while stranger.poll() is None and time.time() < deadline:
             time.sleep(1)
         assert stranger.poll() not in (None, 0)
-        refusals = (tmp_path / "flower" / "superlink.log").read_text()
+        refusals = (tmp_path / "deployed" / "flower" / "superlink.log").read_text()
         assert "activate-node" in refusals and "Attempted to register SuperNode with public key" in refusals
     assert set(summary["sites"]) == set(sites) and summary["sites"] == local["sites"]  # the same test metrics
 

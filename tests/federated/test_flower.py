@@ -6,8 +6,11 @@ import sys
 import pytest
 import torch
 
+from crosssite.data.sites import SAMPLE_DATA
 from crosssite.errors import CrossSiteError
 from crosssite.federated.messages import EvaluateIns, EvaluateRes, FitIns, FitRes
+
+from conftest import TINY_TRAIN_FLAGS
 
 
 def test_without_the_fed_extra_one_line_names_it(monkeypatch):
@@ -38,3 +41,47 @@ def test_every_message_survives_flowers_records():
     assert (res.site, res.round, res.num_examples, res.stats) == ("covid-ct", 3, 96, {"loss": 0.5})
     assert torch.equal(res.extras["class_0"], peers["other/class_0"])
     assert decode_reply(encode(EvaluateRes("covid-ct", 2, {"val_auc": 0.75}))) == EvaluateRes("covid-ct", 2, {"val_auc": 0.75})
+
+
+@pytest.mark.parametrize("flag", ["--flower", "--flower-app"])
+def test_a_flower_deployment_without_the_fed_extra_stops_with_one_line_naming_it(flag, monkeypatch, tmp_path, capsys):
+    from crosssite.cli import main
+
+    monkeypatch.setitem(sys.modules, "flwr", None)  # import fails as where Flower is not installed
+    app = [str(tmp_path / "app")] if flag == "--flower-app" else []
+    assert main(["federate", flag, *app, "--data", str(SAMPLE_DATA), "--out", str(tmp_path / "fed"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert r"needs the [fed] extra: pip install 'crosssite[fed]'" in error and error.count("\n") == 1
+    assert not (tmp_path / "fed").exists() and not (tmp_path / "app").exists()
+
+
+def test_insecure_means_nothing_without_flower(tmp_path, capsys):
+    from crosssite.cli import main
+
+    assert main(["federate", "--insecure", "--data", str(SAMPLE_DATA), "--out", str(tmp_path / "fed")]) == 2
+    assert "--insecure" in capsys.readouterr().err and not (tmp_path / "fed").exists()
+
+
+def test_the_flower_app_carries_the_federation_settings_the_server_app_reads_back(tmp_path):
+    """`crosssite federate --flower-app DIR` for a real coordinator: the ServerApp gets every training and
+    federation setting from the app's run config, and no site's folder."""
+    pytest.importorskip("flwr", reason="the Flower transport needs the [fed] extra")
+    import tomllib
+
+    from crosssite.cli import main
+    from crosssite.config import TrainConfig
+    from crosssite.federated.flower import _settings
+    from crosssite.federated.settings import FedSettings
+
+    out = tmp_path / "fed"
+    assert main(["federate", "--flower-app", str(tmp_path / "app"), "--data", str(SAMPLE_DATA), "--out", str(out),
+                 "--method", "contrastive", "--rounds", "3", "--steps-per-round", "5", "--transfer", "float16",
+                 *TINY_TRAIN_FLAGS]) == 0
+    app = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]
+    assert app["app"]["components"]["serverapp"] == "crosssite.federated.flower:server_app"
+    run = app["app"]["config"]
+    config = TrainConfig.from_dict(_settings(run, "train."), "run config")
+    settings = FedSettings.from_dict(_settings(run, "fed."), "run config")
+    assert run["out"] == str(out) and not out.exists()  # written by the coordinator when it runs
+    assert (config.method, config.image_size, config.data, config.sites, config.epochs) == ("contrastive", 32, None, [], 3)
+    assert (settings.rounds, settings.steps_per_round, settings.transfer) == (3, 5, "float16")

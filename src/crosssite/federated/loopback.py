@@ -1,6 +1,6 @@
 """A Flower deployment of crosssite on 127.0.0.1: credentials, SuperLink, one SuperNode per site, `flwr run`.
 
-What the deployment test runs, and what docs/federated.md's commands do by hand: TLS everywhere (a CA, a
+What `crosssite federate --flower` and the deployment test run, and what docs/federated.md's commands do by hand: TLS everywhere (a CA, a
 certificate for the SuperLink) and SuperNode authentication (each site's EC P-384 key, registered with
 `flwr supernode register` before it connects) unless `insecure` is asked for. Every process gets
 FLWR_TELEMETRY_ENABLED=0, FLWR_DISABLE_UPDATE_CHECK=1 and its own FLWR_HOME; the SuperLink runs with
@@ -10,6 +10,7 @@ process group and stopped by that PID (Flower starts helper processes: SuperExec
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 from ..config import TrainConfig
+from ..data.sites import load_sites
+from ..errors import CrossSiteError
 from .settings import FedSettings
 
 QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -36,9 +39,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_credentials(folder: Path, nodes: list[str]) -> dict[str, Path]:
-    """A CA, the SuperLink's certificate for 127.0.0.1 and localhost (signed by it), and per node an EC P-384
-    key pair in OpenSSH format (Flower's SuperNode authentication). Returns the file of each."""
+def make_credentials(folder: Path) -> dict[str, Path]:
+    """A CA and the SuperLink's certificate for 127.0.0.1 and localhost, signed by it. Returns their files."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -56,10 +58,6 @@ def make_credentials(folder: Path, nodes: list[str]) -> dict[str, Path]:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return builder.sign(signer, hashes.SHA256())
 
-    def pem_key(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                 serialization.NoEncryption())
-
     ca_key, server_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crosssite federation CA")])
     ca = certificate(ca_name, ca_name, ca_key, ca_key, ca=True)
@@ -69,25 +67,37 @@ def make_credentials(folder: Path, nodes: list[str]) -> dict[str, Path]:
     files = {"ca": folder / "ca.crt", "server_cert": folder / "server.pem", "server_key": folder / "server.key"}
     files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files["server_cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    files["server_key"].write_bytes(pem_key(server_key))
-    for node in nodes:
-        key = ec.generate_private_key(ec.SECP384R1())
-        files[f"{node}_key"] = folder / f"{node}.key"
-        files[f"{node}_pub"] = folder / f"{node}.pub"
-        files[f"{node}_key"].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.OpenSSH,
-                                                           serialization.NoEncryption()))
-        files[f"{node}_pub"].write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                                       serialization.PublicFormat.OpenSSH))
+    files["server_key"].write_bytes(server_key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.TraditionalOpenSSL,
+                                                             serialization.NoEncryption()))
     return files
+
+
+def make_node_key(folder: Path, node: str) -> tuple[Path, Path]:
+    """A node's EC P-384 key pair in OpenSSH format (Flower's SuperNode authentication): (private, public)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = folder / f"{node}.key", folder / f"{node}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    return private, public
+
+
+def coordinator_config(config: TrainConfig) -> TrainConfig:
+    """The training settings as the ServerApp gets them (and writes in OUT/config.yaml): no site's folder, which
+    is each SuperNode's own node config."""
+    return config.replace(data=None, sites=[])
 
 
 def write_app(folder: Path, config: TrainConfig, settings: FedSettings) -> Path:
     """A Flower App (pyproject.toml) whose ServerApp and ClientApp are crosssite's; settings as run config
     (`out`, `train.*`, `fed.*`, values JSON-encoded)."""
     folder.mkdir(parents=True, exist_ok=True)
-    run = {"out": config.out, **{f"train.{k}": json.dumps(v) for k, v in config.to_dict().items()
-                                 if k not in ("out", "data", "sites")},
+    run = {"out": config.out, **{f"train.{k}": json.dumps(v) for k, v in coordinator_config(config).to_dict().items()
+                                 if k != "out"},
            **{f"fed.{k}": json.dumps(v) for k, v in settings.to_dict().items()}}
     lines = ['[build-system]', 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', '',
              '[project]', 'name = "crosssite-federation"', 'version = "1.0.0"', 'dependencies = []',
@@ -113,14 +123,21 @@ class Deployment:
         self.env = {**os.environ, **QUIET, **POLL, "FLWR_HOME": str(self.home),
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.files: dict[str, Path] = {}
+        self.started = time.time()
 
     def tool(self, name: str) -> str:
         return str(Path(sys.executable).parent / name)
 
-    def start_superlink(self, nodes: list[str]) -> None:
+    def node_key(self, node: str) -> tuple[Path, Path]:
+        """The node's key pair (private, public), made on first use."""
+        if f"{node}_key" not in self.files:
+            self.files[f"{node}_key"], self.files[f"{node}_pub"] = make_node_key(self.folder / "credentials", node)
+        return self.files[f"{node}_key"], self.files[f"{node}_pub"]
+
+    def start_superlink(self) -> None:
         tls: list[str] = ["--insecure"]
         if not self.insecure:
-            self.files = make_credentials(self.folder / "credentials", nodes + ["stranger"])
+            self.files = make_credentials(self.folder / "credentials")
             tls = ["--ssl-ca-certfile", str(self.files["ca"]), "--ssl-certfile", str(self.files["server_cert"]),
                    "--ssl-keyfile", str(self.files["server_key"]), "--enable-supernode-auth"]
         self._start("superlink", [self.tool("flower-superlink"), *tls, "--disable-runtime-dependency-installation",
@@ -134,11 +151,11 @@ class Deployment:
     def register(self, *nodes: str) -> None:
         """Register each node's public key with the SuperLink (what a federation's operator does per
         hospital), one `flwr supernode register` each, side by side."""
-        self.flwr(*[("supernode", "register", str(self.files[f"{node}_pub"]), "loop") for node in nodes])
+        self.flwr(*[("supernode", "register", str(self.node_key(node)[1]), "loop") for node in nodes])
 
     def start_supernode(self, node: str, site: str, path: Path, out: Path) -> subprocess.Popen:
         auth = ["--insecure"] if self.insecure else ["--root-certificates", str(self.files["ca"]),
-                                                     "--auth-supernode-private-key", str(self.files[f"{node}_key"])]
+                                                     "--auth-supernode-private-key", str(self.node_key(node)[0])]
         return self._start(node, [self.tool("flower-supernode"), *auth, "--superlink", f"127.0.0.1:{self.port}",
                                   "--host", "127.0.0.1", "--port", str(free_port()), "--max-retries", "3",
                                   "--node-config", f"site='{site}' path='{path}' out='{out}'"])
@@ -156,19 +173,39 @@ class Deployment:
         """`flwr run` the app (it returns once the SuperLink has the run)."""
         self.flwr(("run", str(app), "loop"))
 
-    def run(self, app: Path, out: Path, timeout: float) -> dict:
+    def run(self, app: Path, out: Path, timeout: float | None = None) -> dict:
         """`flwr run` the app and wait for the federation's summary.json."""
+        started = time.time()
         self.start_run(app)
-        return self.wait(out, timeout)
+        return self.wait(out, timeout, since=started)
 
-    def wait(self, out: Path, timeout: float) -> dict:
-        """The federation's summary.json, once the ServerApp has written it."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if (out / "summary.json").exists():
-                return json.loads((out / "summary.json").read_text())
+    def wait(self, out: Path, timeout: float | None = None, since: float = 0.0) -> dict:
+        """The federation's summary.json once the ServerApp has written it (after `since`, a time.time()).
+        Raises if the SuperLink stops or Flower says the run ended without one."""
+        summary, started = out / "summary.json", time.time()
+        checked = started
+        while timeout is None or time.time() < started + timeout:
+            if summary.exists() and summary.stat().st_mtime >= since:
+                return json.loads(summary.read_text())
+            if self.processes["superlink"].poll() is not None:
+                raise CrossSiteError(f"the SuperLink stopped before the federation ended; see {self.folder / 'superlink.log'}")
+            if time.time() > checked + 15:  # asking Flower costs a `flwr` process: not every poll
+                checked = time.time()
+                ended = [r["status"] for r in self.runs() if r["status"].startswith("finished")]
+                if ended and not (summary.exists() and summary.stat().st_mtime >= since):
+                    raise CrossSiteError(f"the Flower run ended ({ended[-1]}) without {summary}; "
+                                         f"see {self.folder / 'superlink.log'}")
             time.sleep(0.2)
-        raise TimeoutError(f"no {out / 'summary.json'} after {timeout} s; logs in {self.folder}")
+        raise TimeoutError(f"no {summary} after {timeout} s; logs in {self.folder}")
+
+    def runs(self) -> list[dict]:
+        """The SuperLink's runs as `flwr ls --format json` gives them (status e.g. running, finished:failed)."""
+        listing = subprocess.run([self.tool("flwr"), "ls", "loop", "--format", "json"], env=self.env, cwd=self.folder,
+                                 capture_output=True, text=True, timeout=120)
+        try:
+            return json.loads(listing.stdout).get("runs", [])
+        except json.JSONDecodeError:
+            return []
 
     def _start(self, name: str, command: list[str]) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "w")
@@ -202,3 +239,44 @@ class Deployment:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def flower_federation(config: TrainConfig, settings: FedSettings, resume: bool = False, insecure: bool = False):
+    """The federation of every site of `config` started as a Flower deployment on this machine: a SuperLink, one
+    SuperNode per site reading only that site's folder, crosssite's ServerApp and ClientApp, TLS and registered
+    node keys unless `insecure`; processes, keys and logs in OUT/flower. Yields the running `Deployment`
+    (its `started` is when); everything is stopped on leaving."""
+    from .local import prepare_federation
+
+    require_flower()
+    prepare_federation(coordinator_config(config), settings, resume)  # what the ServerApp then continues
+    out = Path(config.out)
+    sites = load_sites(Path(config.data) if config.data else None, config.sites, config.slices)
+    nodes = [f"node-{i}" for i in range(len(sites))]
+    with Deployment(out / "flower", insecure=insecure) as deployment:
+        deployment.start_superlink()
+        if not insecure:
+            deployment.register(*nodes)
+        for node, (name, site) in zip(nodes, sites.items()):
+            deployment.start_supernode(node, name, site.root, out / name)
+        deployment.started = time.time()
+        deployment.start_run(write_app(out / "flower" / "app", config, settings))
+        yield deployment
+
+
+def federate_over_flower(config: TrainConfig, settings: FedSettings, resume: bool = False,
+                         insecure: bool = False) -> dict:
+    """`crosssite federate --flower`: the federation deployed on this machine, run to its end; the same result as
+    the in-machine run (tests/federated/test_deployment.py). Returns summary.json."""
+    with flower_federation(config, settings, resume, insecure) as deployment:
+        return deployment.wait(Path(config.out), since=deployment.started)
+
+
+def require_flower() -> None:
+    """One line naming the extra where Flower is not installed."""
+    try:
+        import flwr  # noqa: F401
+    except ImportError:
+        raise CrossSiteError("Flower is not installed: a Flower deployment (--flower, --flower-app) needs the [fed] "
+                             "extra: pip install 'crosssite[fed]' (the in-machine `crosssite federate` does not)")
