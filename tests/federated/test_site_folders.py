@@ -38,7 +38,11 @@ def test_federate_writes_site_run_folders_that_predict_evaluate_and_adapt_use(tm
     image = next((SAMPLE_DATA / "covid-ct" / "CT_COVID").iterdir())
     capsys.readouterr()
     assert main(["predict", str(covid), "--site", "covid-ct", str(image)]) == 0
-    assert "P(COVID)=" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "P(COVID)=" in printed and "uncalibrated" not in printed and "not fitted" not in printed
+    # calibrated and given an operating point on its own validation part, as a centralised run is
+    fitted = json.loads((out / "covid-ct" / "decisions.json").read_text())
+    assert list(fitted) == ["covid-ct"] and fitted["covid-ct"]["fit_on"].startswith("validation part")
     assert main(["evaluate", str(covid)]) == 0
     # a hospital that never took part: AdaBN from this site's batch norms (docs/federated.md)
     adapted = tmp_path / "adapted.pt"

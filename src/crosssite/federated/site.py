@@ -3,8 +3,9 @@
 A site trains the method built for one site (`num_sites=1`), so its folder OUT/SITE is an ordinary
 one-site run folder: config.yaml (its own data only), split.json (the same fold as a centralised run of
 the same seed: splits are made per site), train_log.jsonl (one line per round), best.pt (the averaged
-weights of the round with this site's best validation AUC, with its own batch norms), metrics.json and
-predictions.csv (its test part); evaluate, predict, export, card and adapt use it unchanged. last.pt holds
+weights of the round with this site's best validation AUC, with its own batch norms, and the calibration,
+operating point and OOD threshold fitted on its validation part as train fits them), decisions.json,
+metrics.json and predictions.csv (its test part); evaluate, predict, export, card and adapt use it unchanged. last.pt holds
 what a killed site resumes from: the model after its last finished step of a round (`phase` "fit": trained,
 not yet validated; "done": validated), its Adam state, its best validation AUC, and its last reply. Asked
 again for a step it has finished, a site answers from last.pt, so a resumed federation repeats nothing.
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import distributed, run_folder
+from .. import decisions, distributed, run_folder
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig, save_config
 from ..data.sampling import epoch_batches
@@ -180,6 +181,8 @@ class SiteTrainer:
             if not (self.out / run_folder.BEST).exists():  # validation AUC undefined every round: the last round
                 save_checkpoint(self.out / run_folder.BEST, self.method, self.config, [self.name], epoch=self.round,
                                 site_epochs={}, val_mean_auc=float("nan"))
+            # calibration, operating point and OOD threshold on this site's validation part, as train does
+            decisions.fit_run(self.out / run_folder.BEST, self.data, self.config.eval_batch_size, self.device)
             metrics = test_best(self.config, self.data, self.out, self.device)
         rows = run_folder.read_predictions(self.out / run_folder.PREDICTIONS)
         counts = confusion_counts([int(r["label"]) for r in rows], [float(r["p_covid"]) for r in rows])
