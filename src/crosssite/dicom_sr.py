@@ -23,9 +23,8 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import CrossSiteError
+from .errors import CrossSiteError, require_extra
 
-DICOM_OUT_EXTRA = "pip install 'crosssite[dicom-out]'"
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE: research software, not validated for diagnosis"
 SERIES_DESCRIPTION = "crosssite COVID-19 research result, NOT FOR CLINICAL USE"
 LOCAL_SCHEME = "99CROSSSITE"
@@ -33,11 +32,7 @@ SERIES_NUMBER = 9901
 
 
 def _highdicom():
-    try:
-        import highdicom
-    except ImportError:
-        raise CrossSiteError(f"--dicom-out needs the optional extra: {DICOM_OUT_EXTRA}") from None
-    return highdicom
+    return require_extra("highdicom", "--dicom-out", "dicom-out")
 
 
 def codes():

@@ -1,5 +1,6 @@
 """User-facing errors: the CLI prints these as one line and exits non-zero; warnings too are one line."""
 
+import importlib
 import sys
 
 
@@ -36,3 +37,11 @@ def first_line(error: BaseException) -> str:
     """The first line of an error's text (its type where it has none): what one-line messages quote."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def require_extra(module: str, purpose: str, extra: str, error: type[CrossSiteError] = CrossSiteError):
+    """`module` imported, or one line saying that `purpose` needs the optional `extra` and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise error(f"{purpose} needs the [{extra}] extra: pip install 'crosssite[{extra}]'") from None

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .dicom_sr import DICOM_OUT_EXTRA
-from .errors import CrossSiteError
+from .errors import CrossSiteError, require_extra
 
 DEFAULT_CALLING_AE = "CROSSSITE"
 DEFAULT_CALLED_AE = "ORTHANC"
@@ -37,11 +36,8 @@ def send(files: list[Path], address: str, called_ae: str = DEFAULT_CALLED_AE,
     host, port = parse_address(address)
     _check_ae(called_ae, "--called-ae")
     _check_ae(calling_ae, "--calling-ae")
-    try:
-        import pydicom
-        from pynetdicom import AE
-    except ImportError:
-        raise CrossSiteError(f"--send needs the optional extra: {DICOM_OUT_EXTRA}") from None
+    pydicom = require_extra("pydicom", "--send", "dicom-out")
+    AE = require_extra("pynetdicom", "--send", "dicom-out").AE
     logging.getLogger("pynetdicom").addHandler(logging.NullHandler())  # its log lines are not ours to print
     datasets = [(Path(f), pydicom.dcmread(f)) for f in files]
     ae = AE(ae_title=calling_ae)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import CrossSiteError
+from .errors import CrossSiteError, require_extra
 from .io import atomic_write_json
 
 if TYPE_CHECKING:
@@ -70,10 +70,7 @@ class SlurmLauncher:
     poll_seconds: float = 5.0  # how often the sweep looks for ended jobs (tests poll faster)
 
     def check(self) -> None:
-        try:
-            import submitit  # noqa: F401
-        except ImportError:
-            raise CrossSiteError("--launcher slurm needs submitit: pip install 'crosssite[slurm]'") from None
+        require_extra("submitit", "--launcher slurm", "slurm")
         if missing := [p for p in ("sbatch", "squeue", "srun") if not shutil.which(p)]:
             raise CrossSiteError(f"--launcher slurm: {', '.join(missing)} not found; run the sweep on a machine "
                                  "that submits to Slurm (or set SLURM_CONF)")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from . import distributed
-from .errors import CrossSiteError
+from .errors import CrossSiteError, require_extra
 from .io import read_jsonl
 
 FOLDER = "tensorboard"  # in a run folder
@@ -33,10 +33,8 @@ class EventLog:
     """The event files of one run folder, rewritten from its train_log.jsonl when opened."""
 
     def __init__(self, run: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise CrossSiteError("TensorBoard events need the tensorboard package: pip install 'crosssite[tensorboard]'") from None
+        require_extra("tensorboard", "TensorBoard events", "tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
         self.run = Path(run)
         shutil.rmtree(self.run / FOLDER, ignore_errors=True)
         self.writer = SummaryWriter(str(self.run / FOLDER))

@@ -74,14 +74,14 @@ def test_dicom_without_the_extra_names_it(tmp_path, monkeypatch):
     (tmp_path / "s1").mkdir()
     (tmp_path / "s1" / "IM0001.dcm").write_bytes(b"x")
     monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
-    with pytest.raises(DataError, match=r"IM0001\.dcm: reading DICOM needs pydicom: pip install 'crosssite\[dicom\]'"):
+    with pytest.raises(DataError, match=r"IM0001\.dcm: reading DICOM needs the \[dicom\] extra: pip install 'crosssite\[dicom\]'"):
         volumes.scan_header(str(tmp_path / "s1"))
 
 
 def test_nifti_without_the_extra_names_it(tmp_path, monkeypatch):
     (tmp_path / "v.nii.gz").write_bytes(b"x")
     monkeypatch.setitem(sys.modules, "nibabel", None)
-    with pytest.raises(DataError, match=r"v\.nii\.gz: reading NIfTI needs nibabel: pip install 'crosssite\[dicom\]'"):
+    with pytest.raises(DataError, match=r"v\.nii\.gz: reading NIfTI needs the \[dicom\] extra: pip install 'crosssite\[dicom\]'"):
         volumes.scan_header(str(tmp_path / "v.nii.gz"))
 
 

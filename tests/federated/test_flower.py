@@ -17,7 +17,7 @@ def test_without_the_fed_extra_one_line_names_it(monkeypatch):
     for name in ("flwr", "flwr.app", "flwr.clientapp", "flwr.serverapp"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as where Flower is not installed
     monkeypatch.delitem(sys.modules, "crosssite.federated.flower", raising=False)
-    with pytest.raises(CrossSiteError, match=r"needs the \[fed\] extra \(pip install 'crosssite\[fed\]'\)") as e:
+    with pytest.raises(CrossSiteError, match=r"needs the \[fed\] extra: pip install 'crosssite\[fed\]'") as e:
         importlib.import_module("crosssite.federated.flower")
     assert "\n" not in str(e.value)
 

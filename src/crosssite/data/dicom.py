@@ -18,9 +18,8 @@ import numpy as np
 
 from crosssite.data.orientation import slice_order
 from crosssite.data.readers import SERIES_MARK, Header, ScanReader, Volume, member_reader, note, register
-from crosssite.errors import DataError, first_line
+from crosssite.errors import DataError, first_line, require_extra
 
-EXTRA_HINT = "pip install 'crosssite[dicom]'"
 COMPRESSED_HINT = "pip install 'crosssite[dicom-jpeg]' (python-gdcm)"
 #: lossy 12-bit JPEG (Extended, process 2 & 4): neither Pillow nor python-gdcm's Python decoder reads it
 CONVERT_HINT = ("convert the files to uncompressed DICOM first, e.g. `gdcmconv --raw IN OUT` (GDCM) or "
@@ -31,11 +30,7 @@ GAP_TOLERANCE = 1.5  # a step this many times the median slice spacing means a s
 
 
 def pydicom_module(path):
-    try:
-        import pydicom
-    except ImportError:
-        raise DataError(f"{path}: reading DICOM needs pydicom: {EXTRA_HINT}") from None
-    return pydicom
+    return require_extra("pydicom", f"{path}: reading DICOM", "dicom", DataError)
 
 
 def read_file(path: Path, pixels: bool):

@@ -14,18 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from crosssite.data.readers import Header, ScanReader, Volume, register
-from crosssite.errors import DataError, first_line
+from crosssite.errors import DataError, first_line, require_extra
 
-EXTRA_HINT = "pip install 'crosssite[dicom]'"
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 def _nibabel(path):
-    try:
-        import nibabel
-    except ImportError:
-        raise DataError(f"{path}: reading NIfTI needs nibabel: {EXTRA_HINT}") from None
-    return nibabel
+    return require_extra("nibabel", f"{path}: reading NIfTI", "dicom", DataError)
 
 
 def _load(path: Path):

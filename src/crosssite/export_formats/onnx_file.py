@@ -5,27 +5,17 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ..errors import CrossSiteError
+from ..errors import CrossSiteError, require_extra
 from .registry import INPUT, METADATA_KEY, ExportFormat, register_export_format
 
 ONNX_OPSET = 17
-ONNX_EXTRA = "pip install -e '.[onnx]'"
-
-
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise CrossSiteError(f"the onnxruntime backend needs the optional extra: {ONNX_EXTRA}") from None
-    return onnxruntime
+    return require_extra("onnxruntime", "the onnxruntime backend", "onnx")
 
 
 def check_installed() -> None:
     """Writing needs onnx (the metadata) and onnxruntime (the agreement check runs the file)."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise CrossSiteError(f"ONNX export needs the optional extra: {ONNX_EXTRA}") from None
+    require_extra("onnx", "ONNX export", "onnx")
     import_onnxruntime()
 
 

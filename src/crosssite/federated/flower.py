@@ -12,17 +12,14 @@ from __future__ import annotations
 import math
 import os
 
-from ..errors import CrossSiteError
+from ..errors import require_extra
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-try:
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-except ImportError:
-    raise CrossSiteError("Flower is not installed: federated training over Flower needs the [fed] extra "
-                         "(pip install 'crosssite[fed]'); `crosssite federate` without it runs in this process") from None
+require_extra("flwr", "federated training over Flower", "fed")
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 from pathlib import Path
 

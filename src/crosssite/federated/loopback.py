@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..data.sites import load_sites
-from ..errors import CrossSiteError
+from ..errors import CrossSiteError, require_extra
 from .settings import FedSettings
 
 QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -274,9 +274,5 @@ def federate_over_flower(config: TrainConfig, settings: FedSettings, resume: boo
 
 
 def require_flower() -> None:
-    """One line naming the extra where Flower is not installed."""
-    try:
-        import flwr  # noqa: F401
-    except ImportError:
-        raise CrossSiteError("Flower is not installed: a Flower deployment (--flower, --flower-app) needs the [fed] "
-                             "extra: pip install 'crosssite[fed]' (the in-machine `crosssite federate` does not)")
+    """One line naming the extra where Flower is not installed (the in-machine federate needs none)."""
+    require_extra("flwr", "a Flower deployment (--flower, --flower-app)", "fed")
