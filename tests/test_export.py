@@ -103,5 +103,5 @@ def test_export_errors(tiny_run, tmp_path, capsys, monkeypatch):
     assert "not a crosssite checkpoint" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if the [onnx] extra were not installed
     assert main(["export", ckpt, "--site", "covid-ct", "--out", str(tmp_path / "c.onnx")]) == 2
-    assert "pip install -e '.[onnx]'" in capsys.readouterr().err
+    assert "needs the [onnx] extra: pip install 'crosssite[onnx]'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())

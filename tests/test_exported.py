@@ -151,7 +151,7 @@ def test_predict_errors(tiny_run, exports, capsys, monkeypatch):
         assert message in err and len(err.strip().splitlines()) == 1
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the [onnx] extra were not installed
     assert main(["predict", str(exports), "--backend", "onnxruntime", "--site", "auto", image]) == 2
-    assert "pip install -e '.[onnx]'" in capsys.readouterr().err
+    assert "needs the [onnx] extra: pip install 'crosssite[onnx]'" in capsys.readouterr().err
 
 
 def test_torchscript_errors(tiny_run, torchscript_exports, capsys):

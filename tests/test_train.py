@@ -336,8 +336,9 @@ def test_saving_every_k_epochs_resumes_from_the_last_saved_epoch_to_the_same_end
     # how often to save is not a setting of what is computed: a resume may change it
     resumed = train_module.train(sparse.replace(save_every=1), resume=True, progress=False)
     assert {k: v for k, v in resumed.items()} == whole
+    sparse_weights = final_weights(tmp_path / "sparse")
     for k, v in final_weights(tmp_path / "whole").items():
-        torch.testing.assert_close(final_weights(tmp_path / "sparse")[k], v, rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(sparse_weights[k], v, rtol=0, atol=0, msg=k)
     assert [r["epoch"] for r in read_jsonl(tmp_path / "sparse" / "train_log.jsonl")] == [1, 2, 3]
 
 
