@@ -11,7 +11,7 @@ from crosssite.config import TrainConfig
 from crosssite.data.images import DecodedCache, load_grayscale
 from crosssite.data.sites import SAMPLE_DATA
 from crosssite.data.transforms import to_tensor
-from crosssite.gradcam import explain, grad_cam, upsample
+from crosssite.saliency import explain, grad_cam, upsample
 from crosssite.methods import METHODS, create_method
 
 CONFIG = TrainConfig(image_size=64, width=0.125)  # 64 px: a 2x2 last-stage map (32 px would give 1x1)

@@ -23,7 +23,7 @@ LAYERS = [
                   "operating_point"], False),
     ("engine", ["distributed", "methods.", "inference", "checkpoint", "export_formats."], False),
     ("library", ["evaluate", "inputs", "exported", "tensorboard", "ood", "decisions", "decision_report", "dicom_sr",
-                 "pacs"], False),
+                 "pacs", "saliency", "dicom_gradcam"], False),
     ("training", ["train"], False),
     ("federated", ["federated."], False),
     ("commands", ["predict", "export", "gradcam", "adapt", "calibrate", "audit", "card", "sweep"], True),

@@ -105,6 +105,17 @@ def test_sr_sent_to_the_pacs_reads_back_with_references_value_and_codes(pacs, ti
     assert content["Out of distribution for the model"][0][0] == ("373066001" if row["ood"] else "373067005")
 
 
+def test_grad_cam_captures_reach_the_pacs_in_the_study_beside_the_sr(pacs, tiny_run, dicom_series, tmp_path):
+    code, _, err = _predict(tiny_run, dicom_series, tmp_path, "--dicom-gradcam", "--top-k", "2", "--send",
+                            f"127.0.0.1:{pacs.dicom_port}", "--called-ae", pacs.called_ae, "--calling-ae", CALLING_AE)
+    assert code == 0, err
+    stored = pacs.datasets()
+    source = pydicom.dcmread(next(dicom_series.iterdir()), stop_before_pixels=True)
+    assert sorted(ds.Modality for ds in stored) == ["OT", "OT", "SR"]
+    assert {ds.StudyInstanceUID for ds in stored} == {source.StudyInstanceUID}
+    assert {ds.SOPInstanceUID for ds in stored} == {pydicom.dcmread(f).SOPInstanceUID for f in tmp_path.iterdir()}
+
+
 def test_an_unknown_calling_ae_is_one_line_and_the_sr_stays(pacs, tiny_run, dicom_series, tmp_path):
     code, _, err = _predict(tiny_run, dicom_series, tmp_path, "--send", f"127.0.0.1:{pacs.dicom_port}",
                             "--called-ae", pacs.called_ae, "--calling-ae", "INTRUDER")

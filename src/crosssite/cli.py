@@ -156,10 +156,14 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .predict import predict_images
+    from .predict import TORCH, predict_images
 
     if args.send and not args.dicom_out:
         raise CrossSiteError("--send stores the SRs of --dicom-out DIR: give --dicom-out too")
+    if args.dicom_gradcam and not args.dicom_out:
+        raise CrossSiteError("--dicom-gradcam writes beside the SRs of --dicom-out DIR: give --dicom-out too")
+    if args.dicom_gradcam and args.backend != TORCH:
+        raise CrossSiteError(f"--dicom-gradcam needs the checkpoint's gradients: only for --backend torch, not {args.backend}")
     rows = predict_images(Path(args.checkpoint), args.site, [Path(p) for p in args.images], args.batch_size,
                           compile=args.compile, device=args.device, how=args.aggregate, top_k=args.top_k,
                           backend=args.backend, threshold=args.threshold)
@@ -182,6 +186,12 @@ def cmd_predict(args) -> None:
         from .predict import model_facts
 
         written, notes = write_reports(rows, Path(args.dicom_out), model_facts(Path(args.checkpoint), args.backend))
+        if args.dicom_gradcam:
+            from .checkpoint import load_trained
+            from .dicom_gradcam import write_captures
+
+            written += write_captures(rows, Path(args.dicom_out), load_trained(Path(args.checkpoint), args.device),
+                                      args.top_k)
         for note in notes:
             print(f"crosssite: note: {note}", file=sys.stderr)
         for path in written:
@@ -190,7 +200,7 @@ def cmd_predict(args) -> None:
             from .pacs import send
 
             send(written, args.send, args.called_ae, args.calling_ae)
-            print(f"sent {len(written)} SR(s) to {args.called_ae}@{args.send}", file=sys.stderr)
+            print(f"sent {len(written)} DICOM file(s) to {args.called_ae}@{args.send}", file=sys.stderr)
 
 
 def ood_note(row: dict) -> str:
@@ -423,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "chosen on validation (crosssite calibrate; docs/pacs.md)")
     predict.add_argument("--dicom-out", metavar="DIR", type=path_text,
                          help="write one DICOM Structured Report per DICOM series read into DIR (extra [dicom-out])")
-    predict.add_argument("--send", metavar="HOST:PORT", help="C-STORE the SRs of --dicom-out to this PACS")
+    predict.add_argument("--dicom-gradcam", action="store_true",
+                         help="with --dicom-out: also a Grad-CAM Secondary Capture of each series' top slices, in its study")
+    predict.add_argument("--send", metavar="HOST:PORT", help="C-STORE the DICOM files of --dicom-out to this PACS")
     predict.add_argument("--called-ae", default=DEFAULT_CALLED_AE, help="the PACS's AE title (default %(default)s)")
     predict.add_argument("--calling-ae", default=DEFAULT_CALLING_AE, help="crosssite's AE title (default %(default)s)")
     predict.set_defaults(func=cmd_predict)

@@ -56,7 +56,7 @@ COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "S
                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
-def _complete(source):
+def complete_header(source):
     """A copy of a source header with any missing Type 2 patient / study attribute present and empty
     (series written by research tools often lack them; the SR must still carry them)."""
     copied = source.copy()
@@ -105,7 +105,7 @@ def structured_report(sources: list, result: dict, model: dict):
     with warnings.catch_warnings():  # the patient's name is copied as the source has it, not composed here
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
         sr = hd.sr.ComprehensiveSR(
-            evidence=[_complete(ds) for ds in sources], content=report, series_instance_uid=generate_uid(),
+            evidence=[complete_header(ds) for ds in sources], content=report, series_instance_uid=generate_uid(),
             series_number=SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
             manufacturer="crosssite", manufacturer_model_name=model["name"], software_versions=model["version"],
             series_description=SERIES_DESCRIPTION, is_complete=True, is_final=False, is_verified=False)

@@ -50,7 +50,8 @@ def gradcam_figures(res: SweepResults, examples: int) -> tuple[dict[str, Figure]
     """Per site a figure of Grad-CAM overlays (row 1 correct, row 2 wrong) from the first finished
     contrastive job with a best.pt, and a sentence saying which job it is (or why there is none)."""
     from ..checkpoint import load_trained
-    from ..gradcam import draw_overlay, explain
+    from ..gradcam import draw_overlay
+    from ..saliency import explain
 
     jobs = [j for j in res.ok(OURS) if (res.folder / j["folder"] / BEST).is_file()]
     if not jobs:
