@@ -312,7 +312,7 @@ def cmd_federate(args) -> None:
         from .federated.loopback import require_flower, write_app
 
         require_flower()
-        app = write_app(Path(args.flower_app), config, settings)
+        app = write_app(Path(args.flower_app), config.replace(out=str(Path(config.out).resolve())), settings)
         print(f"{app}: a Flower App of crosssite's ServerApp and ClientApp with these settings (the coordinator "
               f"writes {config.out}); run it with `flwr run {app} CONNECTION` once the SuperLink and each "
               "hospital's SuperNode run (docs/federated.md, 'The real deployment')")

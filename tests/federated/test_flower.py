@@ -3,6 +3,7 @@
 import importlib
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,6 +42,8 @@ def test_every_message_survives_flowers_records():
     assert (res.site, res.round, res.num_examples, res.stats) == ("covid-ct", 3, 96, {"loss": 0.5})
     assert torch.equal(res.extras["class_0"], peers["other/class_0"])
     assert decode_reply(encode(EvaluateRes("covid-ct", 2, {"val_auc": 0.75}))) == EvaluateRes("covid-ct", 2, {"val_auc": 0.75})
+    counted = decode_reply(encode(EvaluateRes("covid-ct", 8, {"auc": 0.5, "n": np.int64(40), "tp": 3})))
+    assert counted.metrics == {"auc": 0.5, "n": 40, "tp": 3} and isinstance(counted.metrics["n"], int)  # as in-machine
 
 
 @pytest.mark.parametrize("flag", ["--flower", "--flower-app"])

@@ -10,6 +10,7 @@ crosssite starts sets FLWR_TELEMETRY_ENABLED=0 and FLWR_DISABLE_UPDATE_CHECK=1 (
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 from ..errors import require_extra
@@ -73,13 +74,18 @@ def encode(message) -> RecordDict:
                            "config": ConfigRecord({KIND: "evaluate", "round": message.round})})
     if isinstance(message, FitRes):
         return RecordDict({**_packed("shared", message.shared), **_packed("extras", message.extras),
-                           "stats": MetricRecord({k: float(v) for k, v in message.stats.items()}),
+                           "stats": _metric_record(message.stats),
                            "config": ConfigRecord({KIND: "fit", "site": message.site, "round": message.round,
                                                    "num_examples": message.num_examples})})
     if isinstance(message, EvaluateRes):
-        return RecordDict({"metrics": MetricRecord({k: float(v) for k, v in message.metrics.items()}),
+        return RecordDict({"metrics": _metric_record(message.metrics),
                            "config": ConfigRecord({KIND: "evaluate", "site": message.site, "round": message.round})})
     raise TypeError(f"not a federated message: {type(message).__name__}")
+
+
+def _metric_record(values: dict) -> MetricRecord:
+    """Counts stay integers (a test part's n and confusion counts), everything else is a float."""
+    return MetricRecord({k: int(v) if isinstance(v, numbers.Integral) else float(v) for k, v in values.items()})
 
 
 def decode_instruction(content: RecordDict) -> FitIns | EvaluateIns | None:

@@ -115,7 +115,7 @@ class Deployment:
     """SuperLink + SuperNodes on 127.0.0.1 (free ports), TLS and SuperNode authentication unless `insecure`."""
 
     def __init__(self, folder: Path, insecure: bool = False):
-        self.folder, self.insecure = Path(folder), insecure
+        self.folder, self.insecure = Path(folder).resolve(), insecure  # its processes run in it
         self.home = self.folder / "flwr-home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -250,8 +250,9 @@ def flower_federation(config: TrainConfig, settings: FedSettings, resume: bool =
     from .local import prepare_federation
 
     require_flower()
+    out = Path(config.out).resolve()  # the SuperLink's and SuperNodes' processes run elsewhere
+    config = config.replace(out=str(out))
     prepare_federation(coordinator_config(config), settings, resume)  # what the ServerApp then continues
-    out = Path(config.out)
     sites = load_sites(Path(config.data) if config.data else None, config.sites, config.slices)
     nodes = [f"node-{i}" for i in range(len(sites))]
     with Deployment(out / "flower", insecure=insecure) as deployment:
@@ -259,7 +260,7 @@ def flower_federation(config: TrainConfig, settings: FedSettings, resume: bool =
         if not insecure:
             deployment.register(*nodes)
         for node, (name, site) in zip(nodes, sites.items()):
-            deployment.start_supernode(node, name, site.root, out / name)
+            deployment.start_supernode(node, name, Path(site.root).resolve(), out / name)
         deployment.started = time.time()
         deployment.start_run(write_app(out / "flower" / "app", config, settings))
         yield deployment
@@ -270,7 +271,7 @@ def federate_over_flower(config: TrainConfig, settings: FedSettings, resume: boo
     """`crosssite federate --flower`: the federation deployed on this machine, run to its end; the same result as
     the in-machine run (tests/federated/test_deployment.py). Returns summary.json."""
     with flower_federation(config, settings, resume, insecure) as deployment:
-        return deployment.wait(Path(config.out), since=deployment.started)
+        return deployment.wait(Path(config.out).resolve(), since=deployment.started)
 
 
 def require_flower() -> None:
