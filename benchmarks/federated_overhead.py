@@ -19,7 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from crosssite.data.sites import SAMPLE_DATA, load_sites
+from crosssite.data.sites import SAMPLE_DATA
 from crosssite.federated.settings import FedSettings
 from crosssite.presets import get_preset
 
@@ -43,15 +43,10 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="fed-overhead-"))
     config = get_preset("cpu").config.replace(method=args.method, data=args.data, out=str(folder / "fed"))
     settings = FedSettings(rounds=args.rounds, steps_per_round=args.steps_per_round)
-    if args.deployed:
-        from crosssite.federated.loopback import Deployment, write_app
+    if args.deployed:  # what `crosssite federate --flower --insecure` runs
+        from crosssite.federated.loopback import federate_over_flower
 
-        sites = load_sites(Path(args.data), [])
-        with Deployment(folder / "flower", insecure=True) as deployment:
-            deployment.start_superlink()
-            for name, site in sites.items():
-                deployment.start_supernode(name, name, site.root, folder / "fed" / name)
-            deployment.run(write_app(folder / "app", config, settings), folder / "fed", timeout=3600)
+        federate_over_flower(config, settings, insecure=True)
     else:
         from crosssite.federated.local import federate
 
