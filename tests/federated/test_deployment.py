@@ -30,7 +30,7 @@ def test_a_deployed_federation_over_tls_with_authenticated_nodes_equals_the_in_m
         stranger = deployment.start_supernode("stranger", "stranger", SAMPLE_DATA / "covid-ct", tmp_path / "stranger")
         # the in-machine run to compare with, while the deployed one waits on its messages
         local = federate(config.replace(out=str(tmp_path / "local")), settings, progress=False)
-        summary = deployment.wait(tmp_path / "deployed", timeout=400, since=deployment.started)
+        summary = deployment.wait(tmp_path / "deployed", timeout=400)
         # a SuperNode whose key is not registered is refused: it gives up, and no site of that name took part
         deadline = time.time() + 60
         while stranger.poll() is None and time.time() < deadline:

@@ -9,6 +9,8 @@ from ..errors import CrossSiteError, require_extra
 from .registry import INPUT, METADATA_KEY, ExportFormat, register_export_format
 
 ONNX_OPSET = 17
+
+
 def import_onnxruntime():
     return require_extra("onnxruntime", "the onnxruntime backend", "onnx")
 

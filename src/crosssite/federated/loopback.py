@@ -123,7 +123,7 @@ class Deployment:
         self.env = {**os.environ, **QUIET, **POLL, "FLWR_HOME": str(self.home),
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.files: dict[str, Path] = {}
-        self.started = time.time()
+        self.started = 0.0  # when the run was handed to the SuperLink (start_run)
 
     def tool(self, name: str) -> str:
         return str(Path(sys.executable).parent / name)
@@ -171,28 +171,28 @@ class Deployment:
 
     def start_run(self, app: Path) -> None:
         """`flwr run` the app (it returns once the SuperLink has the run)."""
+        self.started = time.time()
         self.flwr(("run", str(app), "loop"))
 
-    def run(self, app: Path, out: Path, timeout: float | None = None) -> dict:
-        """`flwr run` the app and wait for the federation's summary.json."""
-        started = time.time()
-        self.start_run(app)
-        return self.wait(out, timeout, since=started)
-
-    def wait(self, out: Path, timeout: float | None = None, since: float = 0.0) -> dict:
-        """The federation's summary.json once the ServerApp has written it (after `since`, a time.time()).
-        Raises if the SuperLink stops or Flower says the run ended without one."""
+    def wait(self, out: Path, timeout: float | None = None) -> dict:
+        """The federation's summary.json once the ServerApp has written it for the run started last (an older
+        one in a resumed OUT does not count). Raises if the SuperLink stops or Flower says the run ended
+        without one."""
         summary, started = out / "summary.json", time.time()
+
+        def written() -> bool:
+            return summary.exists() and summary.stat().st_mtime >= self.started
+
         checked = started
         while timeout is None or time.time() < started + timeout:
-            if summary.exists() and summary.stat().st_mtime >= since:
+            if written():
                 return json.loads(summary.read_text())
             if self.processes["superlink"].poll() is not None:
                 raise CrossSiteError(f"the SuperLink stopped before the federation ended; see {self.folder / 'superlink.log'}")
             if time.time() > checked + 15:  # asking Flower costs a `flwr` process: not every poll
                 checked = time.time()
                 ended = [r["status"] for r in self.runs() if r["status"].startswith("finished")]
-                if ended and not (summary.exists() and summary.stat().st_mtime >= since):
+                if ended and not written():
                     raise CrossSiteError(f"the Flower run ended ({ended[-1]}) without {summary}; "
                                          f"see {self.folder / 'superlink.log'}")
             time.sleep(0.2)
@@ -245,8 +245,8 @@ class Deployment:
 def flower_federation(config: TrainConfig, settings: FedSettings, resume: bool = False, insecure: bool = False):
     """The federation of every site of `config` started as a Flower deployment on this machine: a SuperLink, one
     SuperNode per site reading only that site's folder, crosssite's ServerApp and ClientApp, TLS and registered
-    node keys unless `insecure`; processes, keys and logs in OUT/flower. Yields the running `Deployment`
-    (its `started` is when); everything is stopped on leaving."""
+    node keys unless `insecure`; processes, keys and logs in OUT/flower. Yields the running `Deployment`;
+    everything is stopped on leaving."""
     from .local import prepare_federation
 
     require_flower()
@@ -261,7 +261,6 @@ def flower_federation(config: TrainConfig, settings: FedSettings, resume: bool =
             deployment.register(*nodes)
         for node, (name, site) in zip(nodes, sites.items()):
             deployment.start_supernode(node, name, Path(site.root).resolve(), out / name)
-        deployment.started = time.time()
         deployment.start_run(write_app(out / "flower" / "app", config, settings))
         yield deployment
 
@@ -271,7 +270,7 @@ def federate_over_flower(config: TrainConfig, settings: FedSettings, resume: boo
     """`crosssite federate --flower`: the federation deployed on this machine, run to its end; the same result as
     the in-machine run (tests/federated/test_deployment.py). Returns summary.json."""
     with flower_federation(config, settings, resume, insecure) as deployment:
-        return deployment.wait(Path(config.out).resolve(), since=deployment.started)
+        return deployment.wait(Path(config.out).resolve())
 
 
 def require_flower() -> None:
