@@ -284,7 +284,7 @@ def worker_epoch(data: str, size: int, width: float, device: str = "cpu") -> dic
     from crosssite.config import TrainConfig
     from crosssite.io import read_jsonl
 
-    seconds = {"prepare_data": [], "_train_batch": []}
+    seconds = {"prepare_data": [], "train_batch": []}
 
     def timed(name):
         real = getattr(train_module, name)
@@ -302,9 +302,9 @@ def worker_epoch(data: str, size: int, width: float, device: str = "cpu") -> dic
         config = TrainConfig(method="contrastive", data=data, epochs=1, image_size=size, width=width, out=out)
         train_module.train(config, progress=False, device=device)
         epoch = read_jsonl(Path(out) / "train_log.jsonl")[0]
-    batch_s = sum(seconds["_train_batch"])
+    batch_s = sum(seconds["train_batch"])
     return {"data": data, "image_size": size, "width": width, "decode_s": sum(seconds["prepare_data"]),
-            "epoch_s": epoch["seconds"], "steps": len(seconds["_train_batch"]) // 2,  # one batch per site and step
+            "epoch_s": epoch["seconds"], "steps": len(seconds["train_batch"]) // 2,  # one batch per site and step
             "batch_s": batch_s, "data_share": batch_s / epoch["seconds"]}
 
 

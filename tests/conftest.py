@@ -199,3 +199,23 @@ def sr_content(ds) -> dict:
 def dicom_series(ct_series_site) -> Path:
     """One DICOM CT series folder (6 slices) of ct_series_site."""
     return next(p for p in sorted(ct_series_site.parent.iterdir()) if p.is_dir())
+
+
+@pytest.fixture(scope="session")
+def edit_dicom():
+    """`edit(path, change=None, **tags)` rewrites one DICOM file: sets each tag (None deletes it), then calls
+    `change(ds)` for what a tag assignment cannot say (a wrong value representation, compression)."""
+    pydicom = pytest.importorskip("pydicom", reason="DICOM tests need the dicom extra: pip install -e '.[dicom]'")
+
+    def edit(path, change=None, **tags):
+        ds = pydicom.dcmread(path)
+        for key, value in tags.items():
+            if value is None:
+                delattr(ds, key)
+            else:
+                setattr(ds, key, value)
+        if change is not None:
+            change(ds)
+        ds.save_as(path)
+
+    return edit

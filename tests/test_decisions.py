@@ -55,10 +55,12 @@ def test_own_validation_images_are_rarely_flagged_and_blank_images_are(tiny_run,
     for index, name in enumerate(trained.site_names):
         own = ood.image_distances(trained.method, run_data.cache.eval_batch(run_data.paths(name, "val")))
         assert (own[:, index] > thresholds[index]).mean() <= 1 - ood.QUANTILE + 1e-9
-    # blank frames (a failed export, a scout image gone wrong) are far from every site; note that this toy
-    # model does not flag uniform noise or inverted slices (docs/pacs.md: what the flag does not catch)
-    blank = np.stack([np.zeros((32, 32), np.uint8), np.full((32, 32), 255, np.uint8)])
-    assert ood.flags(ood.image_distances(trained.method, blank), thresholds).all()
+    # a black frame (a failed export) and a 1-pixel checkerboard (a test pattern) are far from every site;
+    # this toy model does not reliably flag a white frame (within 10 % of a threshold on one machine, beyond
+    # it on another), uniform noise or inverted slices (docs/pacs.md: what the flag does not catch)
+    checkerboard = (np.indices((32, 32)).sum(0) % 2 * 255).astype(np.uint8)
+    unfamiliar = np.stack([np.zeros((32, 32), np.uint8), checkerboard])
+    assert ood.flags(ood.image_distances(trained.method, unfamiliar), thresholds).all()
 
 
 def test_predict_applies_the_map_and_the_operating_point(tiny_run, capsys):

@@ -88,7 +88,8 @@ def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = 
     return data
 
 
-def _train_batch(data: RunData, site: str, indices: np.ndarray, image_size: int, rng: np.random.Generator):
+def train_batch(data: RunData, site: str, indices: np.ndarray, image_size: int, rng: np.random.Generator):
+    """One site's augmented training batch (shared with federated sites, which must draw the same batches)."""
     samples = data.sites[site].samples
     chosen = [samples[data.splits[site]["train"][i]] for i in indices]
     images = random_crop_flip([data.cache.train_image(s.path) for s in chosen], image_size, rng)
@@ -96,12 +97,13 @@ def _train_batch(data: RunData, site: str, indices: np.ndarray, image_size: int,
     return torch.from_numpy(images), torch.tensor([s.label for s in chosen], dtype=torch.long)
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy, so a run (or a federated site) starts from the same weights as its twin."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
 
 
-def _check_same_settings(config: TrainConfig, saved_file: Path) -> None:
+def check_same_settings(config: TrainConfig, saved_file: Path) -> None:
     """--resume continues the same run: every setting but `out` (a run folder may be moved or copied)."""
     saved = load_config(saved_file).to_dict()
     changed = [k for k, v in config.to_dict().items() if saved.get(k) != v and k not in ("out", *EXECUTION_SETTINGS)]
@@ -134,7 +136,7 @@ def _save_best(out: Path, method, config: TrainConfig, names: list[str], improve
                     val_mean_auc=float(np.mean(scores)) if scores else float("nan"))
 
 
-def _write_tail_predictions(path: Path, epoch: int, rows: list[dict]) -> None:
+def write_tail_predictions(path: Path, epoch: int, rows: list[dict]) -> None:
     """Add this epoch's test predictions, replacing any of this or later epochs (a resumed epoch)."""
     kept = []
     if path.exists():
@@ -205,7 +207,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
     distributed.barrier()
     progress = progress and distributed.is_main()
     if resume:
-        _check_same_settings(config, out / run_folder.CONFIG)
+        check_same_settings(config, out / run_folder.CONFIG)
         if (done := run_folder.read_metrics(out)) is not None:
             read_jsonl(out / run_folder.TRAIN_LOG)  # a damaged line is noticed, not passed over
             return done  # a finished run: nothing to continue, nothing changes
@@ -216,7 +218,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
     if not (out / run_folder.SPLIT).exists():
         settings = {k: getattr(config, k) for k in ("split", "fold", "folds", "seed", "group_duplicates")}
         save_splits(out / run_folder.SPLIT, data.sites, data.splits, settings=settings)
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     method = create_method(config.method, len(data.sites), config)
     update = distributed.make_update(method, device)  # channels_last; under torchrun: this rank's share, DDP
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(method.optimizer, T_max=config.epochs, eta_min=0.0)
@@ -239,7 +241,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for step, indices in enumerate(bar):
             # made on the host while the device still runs the previous steps: nothing here waits for it
-            minibatches = [_train_batch(data, n, idx, config.image_size, rng) for n, idx in zip(names, indices)]
+            minibatches = [train_batch(data, n, idx, config.image_size, rng) for n, idx in zip(names, indices)]
             stats = update(minibatches)
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -275,7 +277,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, devi
             _save_best(out, method, config, names, improved, best, best_epochs, epoch + 1)
         if epoch >= config.epochs - config.tail_epochs:
             _, test_rows = evaluate_part(method, data, "test", config.eval_batch_size)  # every rank takes part
-            _write_tail_predictions(out / run_folder.TAIL_PREDICTIONS, epoch + 1, test_rows)
+            write_tail_predictions(out / run_folder.TAIL_PREDICTIONS, epoch + 1, test_rows)
         if pacing.due(epoch + 1, config.epochs, time.time() - started):
             writing = time.time()
             save_checkpoint(

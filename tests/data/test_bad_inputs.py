@@ -15,19 +15,14 @@ from crosssite.errors import DataError  # noqa: E402
 HU = np.random.default_rng(3).integers(-1024, 1200, (4, 10, 12)).astype(np.float32)
 
 
-def _edit(path, **tags):
-    ds = pydicom.dcmread(path)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.save_as(path)
-
-
 @pytest.mark.parametrize("value, shown", [("", "empty"), ("abc", "not a number")])
-def test_empty_or_non_numeric_rescale_is_one_line_not_nan(tmp_path, value, shown):
+def test_empty_or_non_numeric_rescale_is_one_line_not_nan(tmp_path, edit_dicom, value, shown):
     f = write_series(tmp_path / "s", HU[:1], "P1")[0]
-    ds = pydicom.dcmread(f)
-    ds["RescaleSlope"] = pydicom.DataElement(0x00281053, "LO", value)  # as a broken exporter writes it
-    ds.save_as(f)
+
+    def as_a_broken_exporter_writes_it(ds):
+        ds["RescaleSlope"] = pydicom.DataElement(0x00281053, "LO", value)
+
+    edit_dicom(f, as_a_broken_exporter_writes_it)
     with pytest.raises(DataError, match=rf"IM0000\.dcm: RescaleSlope is {shown}"):
         volumes.read_hu(str(tmp_path / "s"))
 
@@ -82,14 +77,14 @@ def test_multi_frame_without_functional_groups_names_multi_frame_not_rescale(tmp
         volumes.scan_header(str(tmp_path / "multi.dcm"))
 
 
-def test_study_folder_uses_its_ct_series_and_says_why_others_are_skipped(tmp_path, capsys):
+def test_study_folder_uses_its_ct_series_and_says_why_others_are_skipped(tmp_path, capsys, edit_dicom):
     study = tmp_path / "study"
     write_series(study / "ct", HU, "P1")
     (study / "ct" / "VERSION").write_text("1.0\n")  # a stray file beside the slices
     for f in write_series(study / "scout", HU[:1], "P1"):
-        _edit(f, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+        edit_dicom(f, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     for f in write_series(study / "mr", HU[:2], "P1"):
-        _edit(f, Modality="MR")
+        edit_dicom(f, Modality="MR")
     assert volumes.find_scans(study) == [str(study / "ct")]
     np.testing.assert_array_equal(volumes.read_hu(str(study / "ct")), HU)
     notes = capsys.readouterr().err.splitlines()
@@ -99,9 +94,9 @@ def test_study_folder_uses_its_ct_series_and_says_why_others_are_skipped(tmp_pat
     assert all(n.startswith("crosssite: note: ") for n in notes)
 
 
-def test_a_study_without_ct_series_is_an_error(tmp_path):
+def test_a_study_without_ct_series_is_an_error(tmp_path, edit_dicom):
     for f in write_series(tmp_path / "study" / "mr", HU[:2], "P1"):
-        _edit(f, Modality="MR")
+        edit_dicom(f, Modality="MR")
     with pytest.raises(DataError, match=r"study: no CT series in it \(1 skipped: modality MR, not CT\)"):
         volumes.find_scans(tmp_path / "study")
 

@@ -28,12 +28,10 @@ def test_shuffled_series_with_slope_is_sorted_and_exact(tmp_path):
     np.testing.assert_array_equal(volumes.read_hu(str(tmp_path / "s")), HU)
 
 
-def test_rle_compressed_series_decodes(tmp_path):
+def test_rle_compressed_series_decodes(tmp_path, edit_dicom):
     files = write_series(tmp_path / "s", HU, "P1")
     for f in files:
-        ds = pydicom.dcmread(f)
-        ds.compress(pydicom.uid.RLELossless)
-        ds.save_as(f)
+        edit_dicom(f, lambda ds: ds.compress(pydicom.uid.RLELossless))
     assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
     np.testing.assert_array_equal(volumes.read_hu(str(tmp_path / "s")), HU)
 
@@ -63,11 +61,9 @@ def test_two_series_in_one_folder(tmp_path):
         volumes.scan_header(str(tmp_path / "s"))
 
 
-def test_no_calibration(tmp_path):
+def test_no_calibration(tmp_path, edit_dicom):
     f = write_series(tmp_path / "s", HU[:1], "P1")[0]
-    ds = pydicom.dcmread(f)
-    del ds.RescaleSlope, ds.RescaleIntercept
-    ds.save_as(f)
+    edit_dicom(f, RescaleSlope=None, RescaleIntercept=None)
     with pytest.raises(DataError, match=r"IM0000\.dcm: no RescaleSlope/RescaleIntercept"):
         volumes.scan_header(str(tmp_path / "s"))
 

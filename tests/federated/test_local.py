@@ -14,7 +14,7 @@ from crosssite.federated.settings import FedSettings
 from crosssite.federated.site import SiteTrainer, build_method, site_config
 from crosssite.federated.state import average, local_keys, shared_state, site_prefixes
 from crosssite.methods import create_method
-from crosssite.train import _seed_everything
+from crosssite.train import seed_everything
 
 from conftest import tiny_fed
 
@@ -40,7 +40,7 @@ def test_one_round_of_one_sgd_step_equals_one_centralised_sepnorm_step(fed_confi
     replies = [trainer.fit(FitIns(1, initial)) for trainer in sites]
     federated = average([r.shared for r in replies], [1.0, 1.0])
 
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     central = create_method("sepnorm", 2, config)
     assert all(torch.equal(v, initial[k]) for k, v in shared_state(central).items() if k in initial)
     own = local_keys(central)

@@ -14,7 +14,7 @@ from .. import run_folder
 from ..config import TrainConfig, save_config
 from ..data.sites import load_sites, refuse_shared_images
 from ..errors import CrossSiteError
-from ..train import _check_same_settings
+from ..train import check_same_settings
 from .coordinator import Coordinator, run_federation
 from .messages import EvaluateIns, EvaluateRes, FitIns, FitRes
 from .settings import FedSettings, load_settings, save_settings
@@ -54,7 +54,7 @@ def prepare_federation(config: TrainConfig, settings: FedSettings, resume: bool)
                              "or choose another --out")
     resume = bool(held)
     if resume:
-        _check_same_settings(config, out / run_folder.CONFIG)
+        check_same_settings(config, out / run_folder.CONFIG)
         saved = load_settings(out / "federation.yaml").to_dict()
         changed = [k for k, v in settings.to_dict().items() if saved.get(k) != v]
         if changed:

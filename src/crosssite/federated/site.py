@@ -32,8 +32,8 @@ from ..evaluate import evaluate_part
 from ..io import append_jsonl, atomic_write_text, read_jsonl
 from ..methods import METHODS, check_method
 from ..metrics import confusion_counts
-from ..train import (READ_EVERY, _check_same_settings, _seed_everything, _train_batch, _write_tail_predictions,
-                     check_run_folder, prepare_data, test_best)
+from ..train import (READ_EVERY, check_run_folder, check_same_settings, prepare_data, seed_everything, test_best,
+                     train_batch, write_tail_predictions)
 from .contrast import FederatedContrastive
 from .messages import EvaluateIns, EvaluateRes, FitIns, FitRes
 from .settings import FedSettings
@@ -46,7 +46,7 @@ FEDERATED_FORMS = {"contrastive": FederatedContrastive}
 def build_method(config: TrainConfig):
     """The method for one site, as every site and the coordinator build it (same seed: same weights)."""
     check_method(config.method, config.backbone)
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     return FEDERATED_FORMS.get(config.method, METHODS[config.method])(1, config)
 
 
@@ -75,7 +75,7 @@ class SiteTrainer:
         self.config, self.settings, self.out = config, settings, Path(config.out)
         resume = check_run_folder(self.out, resume)
         if resume:
-            _check_same_settings(config, self.out / run_folder.CONFIG)
+            check_same_settings(config, self.out / run_folder.CONFIG)
         self.data = prepare_data(config, self.out, resume, progress)
         if len(self.data.sites) != 1:
             raise CrossSiteError(f"{self.out}: a federated site trains on exactly one site, got "
@@ -127,7 +127,7 @@ class SiteTrainer:
         batches = self.round_batches(rng)
         totals: dict[str, torch.Tensor] = {}
         for step, indices in enumerate(batches):
-            minibatch = _train_batch(self.data, self.name, indices, self.config.image_size, rng)
+            minibatch = train_batch(self.data, self.name, indices, self.config.image_size, rng)
             for k, v in self.update([minibatch]).items():
                 totals[k] = totals.get(k, 0.0) + v
             if (step + 1) % READ_EVERY == 0 or step + 1 == len(batches):
@@ -168,7 +168,7 @@ class SiteTrainer:
         append_jsonl(self.out / run_folder.TRAIN_LOG, record)
         if ins.round > self.settings.rounds - self.config.tail_epochs:
             _, rows = evaluate_part(self.method, self.data, "test", self.config.eval_batch_size)
-            _write_tail_predictions(self.out / run_folder.TAIL_PREDICTIONS, ins.round, rows)
+            write_tail_predictions(self.out / run_folder.TAIL_PREDICTIONS, ins.round, rows)
         self.round, self.phase = ins.round, "done"
         self._save()
         return EvaluateRes(self.name, ins.round, {"val_auc": auc})
