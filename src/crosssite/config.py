@@ -36,7 +36,7 @@ def parse_window(text: str) -> list[float]:
 
 def setting(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, choices: tuple = (),
             execution: bool = False, **flag):
-    """A TrainConfig field and its command-line flag: `help`; `choices`, the values it may take (checked by
+    """A field of a settings dataclass (TrainConfig, FedSettings) and its command-line flag: `help`; `choices`, the values it may take (checked by
     `validate`); `execution`, a setting of how a run executes, not of what it computes (`--resume` and a
     sweep's restart may change it); and where the default rule does not fit, `flag` (default --field-name),
     `parse` (default: the field's annotated type), argparse's `metavar`, `action`."""
@@ -99,12 +99,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject settings that would fail later, deep inside training (or, worse, train wrongly)."""
-        problems = [p for f in dataclasses.fields(self) if (p := _type_problem(f.name, getattr(self, f.name)))]
-        if problems:  # the range rules below compare values, so they need the right types
+        if problems := type_problems(self):  # the range rules below compare values, so they need the right types
             raise CrossSiteError("invalid settings: " + "; ".join(problems))
-        problems = [f"{f.name} must be {' or '.join(map(repr, f.metadata['choices']))}, got {getattr(self, f.name)!r}"
-                    for f in dataclasses.fields(self)
-                    if f.metadata["choices"] and getattr(self, f.name) not in f.metadata["choices"]]
+        problems = choice_problems(self)
         if self.folds < 2:
             problems.append(f"folds must be at least 2, got {self.folds}")
         if not 0 <= self.fold < self.folds:
@@ -152,11 +149,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CrossSiteError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return from_mapping(cls, values, source)
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -167,25 +160,47 @@ EXECUTION_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.
 
 
 @functools.cache
-def _field_types() -> dict[str, object]:
-    return typing.get_type_hints(TrainConfig)
+def _field_types(declared: type) -> dict[str, object]:
+    return typing.get_type_hints(declared)
 
 
-def setting_type(name: str) -> type:
+def setting_type(name: str, declared: type = TrainConfig) -> type:
     """The type of setting `name`'s values, from its annotation: int, float, bool, str or list (X | None: X)."""
-    kind = _field_types()[name]
+    kind = _field_types(declared)[name]
     if isinstance(kind, types.UnionType):
         kind = next(t for t in typing.get_args(kind) if t is not type(None))
     return typing.get_origin(kind) or kind
 
 
-def _type_problem(name: str, value) -> str | None:
+def from_mapping(declared: type, values: dict, source: str):
+    """A settings dataclass from a mapping (YAML, a run config) that names only its fields."""
+    known = {f.name for f in dataclasses.fields(declared)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CrossSiteError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return declared(**values)
+
+
+def type_problems(settings) -> list[str]:
+    """What is wrong with the types of a dataclass of `setting` fields (TrainConfig, FedSettings)."""
+    return [p for f in dataclasses.fields(settings)
+            if (p := _type_problem(type(settings), f.name, getattr(settings, f.name)))]
+
+
+def choice_problems(settings) -> list[str]:
+    """The fields of a dataclass of `setting` fields whose value is not one of its declared `choices`."""
+    return [f"{f.name} must be {' or '.join(map(repr, f.metadata['choices']))}, got {getattr(settings, f.name)!r}"
+            for f in dataclasses.fields(settings)
+            if f.metadata["choices"] and getattr(settings, f.name) not in f.metadata["choices"]]
+
+
+def _type_problem(declared: type, name: str, value) -> str | None:
     """What is wrong with the type of `value` for field `name` (from its annotation), or None.
 
     YAML gives bools for "true", ints for "10" and strings for "10a": an int must be a real int (not a
     bool), a float a finite number (an int is accepted), a bool a real bool, a list[X] a list of X.
     """
-    expected = _field_types()[name]
+    expected = _field_types(declared)[name]
     if isinstance(expected, types.UnionType):  # X | None
         if value is None:
             return None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import choice_problems, from_mapping, setting, setting_type, type_problems
 from ..errors import CrossSiteError
 from ..io import atomic_write_text, read_yaml
 
@@ -27,32 +28,30 @@ TRANSFERS = ("float32", "float16")
 
 @dataclass
 class FedSettings:
-    #: rounds of (local training, averaging); the cosine schedule spans them
-    rounds: int = 100
-    #: local epochs (passes over the site's own training images) per round
-    epochs_per_round: int = 1
-    #: local steps per round instead of epochs (0: use epochs_per_round)
-    steps_per_round: int = 0
-    #: how the shared state is averaged: by each site's number of training images, or uniformly
-    weighting: str = "images"
-    #: keep each site's Adam moments between rounds (False: a fresh optimiser state every round)
-    keep_optimizer: bool = True
-    #: fewest sites a round may go on with (0: every site); the others miss that round
-    min_sites: int = 0
-    #: dtype of the shared tensors sent each way (float16: half the bytes; the coordinator keeps and averages float32)
-    transfer: str = "float32"
+    """How a federation runs, declared as TrainConfig's settings are (flags, choices, types: crosssite.config)."""
+
+    rounds: int = setting(100, "rounds of local training and averaging (the cosine schedule spans them)")
+    epochs_per_round: int = setting(1, "local epochs (passes over the site's own training images) per round "
+                                       "(FedBN's code: 1)")
+    steps_per_round: int = setting(0, "local steps per round instead of epochs (0: use --epochs-per-round)")
+    weighting: str = setting("images", "average the shared state by each site's training images (FedAvg) or "
+                                       "uniformly (FedBN's code)", choices=WEIGHTINGS)
+    keep_optimizer: bool = setting(True, "keep each site's Adam moments between rounds (no: a fresh optimiser "
+                                         "state every round)")
+    min_sites: int = setting(0, "fewest sites a round goes on with (0: every site); the others miss that round "
+                                "and the log names who took part")
+    transfer: str = setting("float32", "dtype of the shared weights in messages (float16 halves what travels; the "
+                                       "coordinator keeps and averages float32)", choices=TRANSFERS)
 
     def validate(self) -> None:
-        problems = []
+        if problems := type_problems(self):  # the range rules below compare values
+            raise CrossSiteError("invalid federation settings: " + "; ".join(problems))
+        problems = choice_problems(self)
         if self.rounds < 1:
             problems.append(f"rounds must be at least 1, got {self.rounds}")
         if self.epochs_per_round < 1 or self.steps_per_round < 0:
             problems.append(f"epochs_per_round must be at least 1 and steps_per_round at least 0, "
                             f"got {self.epochs_per_round}, {self.steps_per_round}")
-        if self.weighting not in WEIGHTINGS:
-            problems.append(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
-        if self.transfer not in TRANSFERS:
-            problems.append(f"transfer must be one of {', '.join(TRANSFERS)}, got {self.transfer!r}")
         if self.min_sites < 0:
             problems.append(f"min_sites must be at least 0, got {self.min_sites}")
         if problems:
@@ -63,11 +62,7 @@ class FedSettings:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "federation settings") -> FedSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CrossSiteError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return from_mapping(cls, values, source)
 
 
 def save_settings(settings: FedSettings, path: Path) -> None:
@@ -81,31 +76,18 @@ def load_settings(path: Path) -> FedSettings:
     return FedSettings.from_dict(values, source=str(path))
 
 
-_FLAG_HELP = {
-    "rounds": "rounds of local training and averaging (default %(default)s; the cosine schedule spans them)",
-    "epochs_per_round": "local epochs per round at each site (default %(default)s; FedBN's code: 1)",
-    "steps_per_round": "local steps per round instead of epochs (default 0: use --epochs-per-round)",
-    "weighting": "average by each site's training images (default, FedAvg) or uniformly (FedBN's code)",
-    "keep_optimizer": "keep each site's Adam state between rounds (default: keep)",
-    "min_sites": "fewest sites a round goes on with (default 0: all); the log names who took part",
-    "transfer": "dtype of the shared weights in messages (default float32; float16 halves what travels, "
-                "averaging stays float32)",
-}
-_CHOICES = {"weighting": WEIGHTINGS, "transfer": TRANSFERS}
-
-
 def add_settings_flags(parser) -> None:
     """A flag for every FedSettings field (crosssite federate)."""
     import argparse
 
     for f in dataclasses.fields(FedSettings):
-        flag, default = "--" + f.name.replace("_", "-"), f.default
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                                help=_FLAG_HELP[f.name])
+        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata["help"] + " (default %(default)s)"
+        if setting_type(f.name, FedSettings) is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=type(default), default=default, help=_FLAG_HELP[f.name],
-                                **({"choices": _CHOICES[f.name]} if f.name in _CHOICES else {}))
+            parser.add_argument(flag, dest=f.name, type=setting_type(f.name, FedSettings), default=f.default,
+                                help=help_text, choices=f.metadata["choices"] or None)
 
 
 def settings_from_args(args) -> FedSettings:
