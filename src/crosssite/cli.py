@@ -156,7 +156,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .predict import TORCH, predict_images
+    from .predict import TORCH, load_for_prediction, predict_images
 
     if args.send and not args.dicom_out:
         raise CrossSiteError("--send stores the SRs of --dicom-out DIR: give --dicom-out too")
@@ -164,9 +164,11 @@ def cmd_predict(args) -> None:
         raise CrossSiteError("--dicom-gradcam writes beside the SRs of --dicom-out DIR: give --dicom-out too")
     if args.dicom_gradcam and args.backend != TORCH:
         raise CrossSiteError(f"--dicom-gradcam needs the checkpoint's gradients: only for --backend torch, not {args.backend}")
+    # the Grad-CAM captures explain the model that predicts: load it once for both
+    trained = load_for_prediction(Path(args.checkpoint), args.device) if args.dicom_gradcam else None
     rows = predict_images(Path(args.checkpoint), args.site, [Path(p) for p in args.images], args.batch_size,
                           compile=args.compile, device=args.device, how=args.aggregate, top_k=args.top_k,
-                          backend=args.backend, threshold=args.threshold)
+                          backend=args.backend, threshold=args.threshold, trained=trained)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -187,11 +189,9 @@ def cmd_predict(args) -> None:
 
         written, notes = write_reports(rows, Path(args.dicom_out), model_facts(Path(args.checkpoint), args.backend))
         if args.dicom_gradcam:
-            from .checkpoint import load_trained
             from .dicom_gradcam import write_captures
 
-            written += write_captures(rows, Path(args.dicom_out), load_trained(Path(args.checkpoint), args.device),
-                                      args.top_k)
+            written += write_captures(rows, Path(args.dicom_out), trained, args.top_k)
         for note in notes:
             print(f"crosssite: note: {note}", file=sys.stderr)
         for path in written:

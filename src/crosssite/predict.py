@@ -30,6 +30,12 @@ def backends() -> list[str]:
     return [TORCH, *export_backends()]
 
 
+def load_for_prediction(checkpoint: Path, device: str = "auto"):
+    """The trained model of a checkpoint for the torch backend (an export or a folder: which backend runs it)."""
+    _refuse_non_checkpoint(Path(checkpoint))
+    return load_trained(checkpoint, device)
+
+
 def _refuse_non_checkpoint(checkpoint: Path) -> None:
     """An export or a folder given to the torch backend: say which backend runs it."""
     if checkpoint.is_dir():
@@ -43,7 +49,7 @@ def _refuse_non_checkpoint(checkpoint: Path) -> None:
 
 def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: int = EVAL_BATCH_SIZE,
                    compile: bool = False, device: str = "auto", how: str = AGGREGATE, top_k: int = TOP_K,
-                   backend: str = TORCH, threshold: float | None = None) -> list[dict]:
+                   backend: str = TORCH, threshold: float | None = None, trained=None) -> list[dict]:
     """One dict per image or scan: path, calibrated P(COVID) and label at the site's operating point
     (crosssite.decisions.decide_rows: also p_uncalibrated, threshold, operating_point, calibration, the
     OOD flag `ood` (None where the model has no OOD thresholds) and `site`, whose batch norms predicted).
@@ -57,6 +63,7 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
     Another `backend` (one per export format): `checkpoint` is an export of that format or a folder of them
     (crosssite.exported; the CPU, the window and slices of the export's metadata), and a `device` or
     `compile` other than the defaults is refused, not ignored.
+    `trained`: the checkpoint's model, already loaded by load_for_prediction (a caller that uses it too).
     """
     checkpoint = Path(checkpoint)
     if backend != TORCH:
@@ -68,8 +75,7 @@ def predict_images(checkpoint: Path, site: str, images: list[Path], batch_size: 
             raise CrossSiteError(f"{' and '.join(torch_only)}: only for --backend torch; --backend {backend} "
                                  "runs the exports on the CPU as they are (drop the flag)")
         return predict_with_exports(checkpoint, site, images, batch_size, how, top_k, backend, threshold)
-    _refuse_non_checkpoint(checkpoint)
-    trained = load_trained(checkpoint, device)
+    trained = trained or load_for_prediction(checkpoint, device)
     method, site_names = trained.method, trained.site_names
     if site != AUTO:
         index = trained.site_index(site)
