@@ -29,6 +29,10 @@ def test_report_against_pairs_each_federated_job_with_the_centralised_job_of_its
         assert float(r["mean_diff"]) == pytest.approx(expected["mean_diff"])
         assert float(r["ci_low"]) == pytest.approx(expected["ci_low"])
         assert float(r["federated_mean"]) - float(r["centralised_mean"]) == pytest.approx(expected["mean_diff"])
+    # each site fitted its calibration on its own validation part: the report applies them to the job's test rows
+    calibrated = list(csv.DictReader(open(fed / "tables" / "calibration.csv")))
+    assert {(r["row"], r["site"]) for r in calibrated if r["level"] == "image"} == {("fedbn", s) for s in res_fed.sites}
+    assert all(int(r["jobs"]) == 2 for r in calibrated)
     costs = list(csv.DictReader(open(fed / "tables" / "federated_costs.csv")))
     moved = [j["communication"] for j in res_fed.ok("fedbn")]
     for c in costs:

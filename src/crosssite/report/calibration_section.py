@@ -17,10 +17,15 @@ from .render import markdown
 
 
 def _job_rows(folder) -> tuple[list[dict], dict | None]:
-    """A finished job's test prediction rows and its decisions (None where the job predates them)."""
+    """A finished job's test prediction rows and its decisions per site: decisions.json in the job folder, or
+    for a federated job the one in each site's folder (None where the job predates them)."""
     rows = run_folder.read_predictions(folder / run_folder.PREDICTIONS)
-    path = folder / run_folder.DECISIONS
-    return rows, json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    own = folder / run_folder.DECISIONS
+    paths = [own] if own.is_file() else sorted(folder.glob(f"*/{run_folder.DECISIONS}"))
+    fitted = {}
+    for path in paths:
+        fitted.update(json.loads(path.read_text(encoding="utf-8")))
+    return rows, fitted or None
 
 
 def sweep_entries(res) -> list[dict]:
@@ -94,7 +99,7 @@ def sweep_section(res, tables, figures) -> list[str]:
     entries = sweep_entries(res)
     lines = ["## Calibration and the operating point", "",
              "Each job fitted a Platt map and an operating point per site on its validation part at the end of "
-             "training (`crosssite.decisions`, decisions.json in the job folder); here both are applied to its "
+             "training (`crosssite.decisions`, decisions.json in the job folder, or in each site's folder of a federated job); here both are applied to its "
              f"test predictions. ECE over {calibration.describe_binning()}; sensitivity and specificity of the "
              "calibrated P(COVID) at the site's operating point; mean ± sample std over jobs, (jobs). Scan and "
              "patient rows aggregate calibrated slice probabilities as Table I's patient level does.", ""]
