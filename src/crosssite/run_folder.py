@@ -23,6 +23,9 @@ METRICS = "metrics.json"  #: test metrics of best.pt; written last, so it marks 
 PREDICTIONS = "predictions.csv"  #: one row per test image of best.pt
 TAIL_PREDICTIONS = "tail_predictions.csv"  #: the same rows for each of the last epochs (column `epoch`)
 DECISIONS = "decisions.json"  #: each site's calibration map, operating point, OOD threshold (crosssite.decisions)
+#: the decoded images, kept between the processes of one federated site under Flower (DecodedCache.save); a
+#: cache: deleting it costs one decoding
+DECODED = "decoded.npz"
 
 #: the files of a run folder: any of them means the folder holds a run, finished or not
 FILES = (CONFIG, SPLIT, TRAIN_LOG, LAST, BEST, METRICS, PREDICTIONS, TAIL_PREDICTIONS, DECISIONS)

@@ -69,9 +69,11 @@ class SavePacing:
         self.unsaved_seconds, self.write_seconds = 0.0, seconds
 
 
-def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = True) -> RunData:
-    """Read the sites, make (or on resume, reload) the split and decode every image once; writes nothing,
-    so bad data fails before a run folder is started."""
+def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = True,
+                 keep_decoded: bool = False) -> RunData:
+    """Read the sites, make (or on resume, reload) the split and decode every image once; writes nothing
+    but, with `keep_decoded`, the decoded images (OUT/decoded.npz, for the next process of the same run), so
+    bad data fails before a run folder is started."""
     sites = load_sites(Path(config.data) if config.data else None, config.sites, config.slices)
     refuse_shared_images(sites)
     split_file = out / run_folder.SPLIT
@@ -81,10 +83,13 @@ def prepare_data(config: TrainConfig, out: Path, resume: bool, progress: bool = 
         splits = make_splits(sites, config.split, config.fold, config.folds, config.seed, config.group_duplicates,
                              config.window)
     data = RunData(sites, splits, DecodedCache(config.image_size, config.window))
+    kept = keep_decoded and data.cache.load(out / run_folder.DECODED)
     for name in sites:
         evaluated = data.paths(name, "val") + data.paths(name, "test")
         data.cache.preload(data.paths(name, "train"), f"decode {name} train", variants=("train",), progress=progress)
         data.cache.preload(evaluated, f"decode {name} val+test", variants=("eval",), progress=progress)
+    if keep_decoded and not kept:
+        data.cache.save(out / run_folder.DECODED)
     return data
 
 

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -57,3 +59,53 @@ def test_cache_sizes_and_reuse():
     assert min(train.shape) == 73 and train.dtype == np.uint8
     assert cache.train_image(paths[0]) is train
     assert cache.eval_batch(paths).shape == (3, 64, 64)
+
+
+def test_saved_decodings_load_in_another_cache_without_decoding(tmp_path, monkeypatch):
+    paths = sorted((SAMPLE_DATA / "covid-ct" / "CT_COVID").glob("*.png"))[:4]
+    cache = DecodedCache(64, LUNG_WINDOW)
+    cache.preload(paths[:2], "train", variants=("train",), progress=False)
+    cache.preload(paths[2:], "eval", variants=("eval",), progress=False)
+    cache.save(tmp_path / "decoded.npz")
+    fresh = DecodedCache(64, LUNG_WINDOW)  # as a new process of the same run would make it
+    assert fresh.load(tmp_path / "decoded.npz")
+    monkeypatch.setattr(DecodedCache, "original", lambda self, path: pytest.fail(f"decoded {path} again"))
+    for path in paths[:2]:
+        np.testing.assert_array_equal(fresh.train_image(path), cache.train_image(path))
+    np.testing.assert_array_equal(cache.eval_batch(paths[2:]), fresh.eval_batch(paths[2:]))
+
+
+def test_a_stale_or_foreign_save_is_ignored(tmp_path):
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((40, 50), 90, np.uint8)).save(tmp_path / name)
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    cache = DecodedCache(32, LUNG_WINDOW)
+    cache.preload(paths, "all", progress=False)
+    cache.save(tmp_path / "decoded.npz")
+    assert not DecodedCache(48, LUNG_WINDOW).load(tmp_path / "decoded.npz")  # other settings
+    assert not DecodedCache(32, (400.0, 40.0)).load(tmp_path / "decoded.npz")
+    Image.fromarray(np.full((40, 50), 200, np.uint8)).save(tmp_path / "b.png")  # an image replaced in place
+    assert not DecodedCache(32, LUNG_WINDOW).load(tmp_path / "decoded.npz")
+    (tmp_path / "torn.npz").write_bytes((tmp_path / "decoded.npz").read_bytes()[:100])
+    assert not DecodedCache(32, LUNG_WINDOW).load(tmp_path / "torn.npz")
+    assert not DecodedCache(32, LUNG_WINDOW).load(tmp_path / "missing.npz")
+
+
+def test_a_ct_slice_save_goes_stale_when_any_file_of_its_series_changes(tmp_path, dicom_series):
+    import shutil
+
+    from crosssite.data.volumes import SLICE_MARK
+
+    series = tmp_path / "series"
+    shutil.copytree(dicom_series, series)
+    slices = [f"{series}{SLICE_MARK}{i}" for i in range(3)]
+    cache = DecodedCache(32, LUNG_WINDOW)
+    cache.preload(slices, "slices", progress=False)
+    cache.save(tmp_path / "decoded.npz")
+    fresh = DecodedCache(32, LUNG_WINDOW)
+    assert fresh.load(tmp_path / "decoded.npz")
+    np.testing.assert_array_equal(fresh.eval_batch(slices), cache.eval_batch(slices))
+    last = sorted(series.iterdir())[-1]  # a slice that was not decoded, but belongs to the scan
+    last.write_bytes(last.read_bytes())
+    os.utime(last, ns=(last.stat().st_atime_ns, last.stat().st_mtime_ns + 10**9))
+    assert not DecodedCache(32, LUNG_WINDOW).load(tmp_path / "decoded.npz")

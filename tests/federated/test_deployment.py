@@ -45,5 +45,9 @@ def test_a_deployed_federation_over_tls_with_authenticated_nodes_equals_the_in_m
         return {name: [(r["round"], r["loss"], r["val_mean_auc"]) for r in
                        map(json.loads, (out / name / "train_log.jsonl").read_text().splitlines())] for name in sites}
     assert losses(tmp_path / "deployed") == losses(tmp_path / "local")
+    # every message is a fresh process: each site decoded its images once and kept them (the losses above
+    # are the same with them); the in-machine sites keep theirs in memory
+    assert all((tmp_path / "deployed" / name / "decoded.npz").is_file() for name in sites)
+    assert not any((tmp_path / "local" / name / "decoded.npz").exists() for name in sites)
     log = [json.loads(line) for line in (tmp_path / "deployed" / "federation_log.jsonl").read_text().splitlines()]
     assert [sorted(r["took_part"]) for r in log] == [sorted(sites)] * 2

@@ -159,3 +159,24 @@ def test_what_stays_at_a_site_is_chosen_by_module_type(method, fed_config):
         assert (method != "series-adapter") or any(".adapters.0." in k for k in own)
         assert (method != "ms-net") or any("aux_classifier.copies.0." in k for k in own)
 
+
+
+def test_a_sites_next_process_loads_its_decoded_images_instead_of_decoding(fed_config, tmp_path, monkeypatch):
+    """Under Flower each message starts a fresh process: the site keeps its decoded images in its folder."""
+    from crosssite.data.images import DecodedCache
+
+    config = fed_config("sepnorm")
+    name, site = next(iter(load_sites(SAMPLE_DATA, []).items()))
+    own = site_config(config, name, site.root, tmp_path / name)
+    first = SiteTrainer(own, TINY_FED, keep_decoded=True)
+    reply = first.fit(FitIns(1, shared_state(build_method(config))))
+    assert (tmp_path / name / "decoded.npz").is_file()
+    monkeypatch.setattr(DecodedCache, "original", lambda self, path: pytest.fail(f"decoded {path} again"))
+    second = SiteTrainer(own, TINY_FED, resume=True, keep_decoded=True)
+    for part in ("train", "val", "test"):
+        for path in first.data.paths(name, part):
+            if part == "train":
+                assert (second.data.cache.train_image(path) == first.data.cache.train_image(path)).all()
+            else:
+                assert (second.data.cache.eval_image(path) == first.data.cache.eval_image(path)).all()
+    assert second.fit(FitIns(1, {})).shared.keys() == reply.shared.keys()  # round 1 trained: the same reply

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -9,9 +13,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from crosssite.data.readers import SERIES_MARK
 from crosssite.data.transforms import resize_shorter, resize_square, train_resize
 from crosssite.data.volumes import load_slice, parse_slice
 from crosssite.errors import DataError
+from crosssite.io import atomic_write
 
 MIN_SIDE = 8
 _TO_L = {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa"}
@@ -97,3 +103,62 @@ class DecodedCache:
             eval_ = want_eval and str(p) not in self._eval
             if train or eval_:
                 self._decode(p, train, eval_)
+
+    def save(self, path: Path) -> None:
+        """Write every decoded array to `path` (an .npz, atomically), stamped with the settings and each source
+        file's size and modification time, so that another process of the same run loads instead of decoding:
+        under Flower a federated site gets a fresh process for every message."""
+        train, evaluated = sorted(self._train), sorted(self._eval)
+        shapes = np.array([self._train[k].shape for k in train], dtype=np.int64).reshape(-1, 2)
+        arrays = {
+            "stamp": np.array(self._stamp(train + evaluated)),
+            "train_paths": np.array(train, dtype=str), "train_shapes": shapes,
+            "train_pixels": np.concatenate([self._train[k].ravel() for k in train]) if train else np.zeros(0, np.uint8),
+            "eval_paths": np.array(evaluated, dtype=str),
+            "eval_pixels": (np.stack([self._eval[k] for k in evaluated]) if evaluated
+                            else np.zeros((0, self.image_size, self.image_size), np.uint8)),
+        }
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a name
+                np.savez(f, **arrays)
+
+        atomic_write(Path(path), write)
+
+    def load(self, path: Path) -> bool:
+        """Take the arrays of a `save`d file whose stamp still holds (same image size, window, and source files
+        unchanged); return whether it did. A missing, unreadable or stale file is ignored: decoding again is
+        always correct."""
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                train, evaluated = list(stored["train_paths"]), list(stored["eval_paths"])
+                if str(stored["stamp"]) != self._stamp(train + evaluated):
+                    return False
+                sizes = np.prod(stored["train_shapes"], axis=1)
+                pieces = np.split(stored["train_pixels"], np.cumsum(sizes)[:-1]) if len(sizes) else []
+                self._train.update({k: v.reshape(shape) for k, v, shape in zip(train, pieces, stored["train_shapes"])})
+                self._eval.update(zip(evaluated, stored["eval_pixels"]))
+                return True
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            return False
+
+    def _stamp(self, paths: list[str]) -> str:
+        """A digest of the settings and of the size and modification time of every file the paths read (a
+        scan's whole folder)."""
+        sources = sorted({parse_slice(p)[0] if parse_slice(p) else p for p in paths})
+        digest = hashlib.sha256(json.dumps([self.image_size, list(self.window)]).encode())
+        for source in sources:
+            digest.update(source.encode())
+            for file in _files_of(source):
+                info = file.stat()
+                digest.update(f"{file}:{info.st_size}:{info.st_mtime_ns}".encode())
+        return digest.hexdigest()
+
+
+def _files_of(source: str) -> list[Path]:
+    """The files a source path reads: itself, every file under a folder (a DICOM series) or beside a DICOMDIR
+    (one of its series); a missing path has none, so a stamp over it changes when it appears."""
+    dicomdir, mark, _ = source.partition(SERIES_MARK)
+    path = Path(dicomdir).parent if mark else Path(source)
+    if path.is_dir():
+        return sorted(Path(root) / name for root, _, names in os.walk(path) for name in names)
+    return [path] if path.exists() else []

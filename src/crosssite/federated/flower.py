@@ -120,7 +120,8 @@ def site_trainer(context: Context):
         settings = FedSettings.from_dict(_settings(context.run_config, "fed."), "run config")
         node = context.node_config
         own = site_config(config, str(node["site"]), Path(str(node["path"])), Path(str(node["out"])))
-        _TRAINERS.update(key=key, trainer=SiteTrainer(own, settings, resume=True))
+        # a fresh process for every message: keep the decoded images in the site's folder between them
+        _TRAINERS.update(key=key, trainer=SiteTrainer(own, settings, resume=True, keep_decoded=True))
     return _TRAINERS["trainer"]
 
 

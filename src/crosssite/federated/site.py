@@ -69,14 +69,14 @@ class SiteTrainer:
     """A site's side of every message: `fit`, `evaluate`, `finish` (crosssite.federated.messages)."""
 
     def __init__(self, config: TrainConfig, settings: FedSettings, resume: bool = False, device: str = "cpu",
-                 progress: bool = False):
+                 progress: bool = False, keep_decoded: bool = False):
         config.validate()
         check_method(config.method, config.backbone)
         self.config, self.settings, self.out = config, settings, Path(config.out)
         resume = check_run_folder(self.out, resume)
         if resume:
             check_same_settings(config, self.out / run_folder.CONFIG)
-        self.data = prepare_data(config, self.out, resume, progress)
+        self.data = prepare_data(config, self.out, resume, progress, keep_decoded)
         if len(self.data.sites) != 1:
             raise CrossSiteError(f"{self.out}: a federated site trains on exactly one site, got "
                                  f"{', '.join(self.data.site_names)}")
