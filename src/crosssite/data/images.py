@@ -118,6 +118,7 @@ class DecodedCache:
             "eval_pixels": (np.stack([self._eval[k] for k in evaluated]) if evaluated
                             else np.zeros((0, self.image_size, self.image_size), np.uint8)),
         }
+
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a name
                 np.savez(f, **arrays)
